@@ -1,0 +1,10 @@
+"""hpcrobust: scaling trends in language-model adversarial robustness, on a SLURM cluster."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("hpcrobust")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__"]

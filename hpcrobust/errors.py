@@ -1,0 +1,13 @@
+"""Error types that decide the exit code: a user error is one line and exit 2."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with the user's config, files or arguments: print one line, exit 2, no traceback."""
+
+    exit_code = 2
+
+
+class RankFailure(Exception):
+    """Raised (test-only) to prove that an error on one rank ends every rank."""

@@ -1,0 +1,128 @@
+"""A causal LM read as a 2-label classifier at its last token, with every call counted.
+
+Only the head rows that matter are computed (the last real token of each sequence), and the
+prompt before the attack can be run once and reused from a key/value cache by every candidate.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from hpcrobust.models.flops import ArchShape, FlopCount, FlopMeter, arch_shape, forward_flops
+
+
+class Classifier:
+    def __init__(self, hf_model: nn.Module, tokenizer, name: str, pretrain_flops: float = 0.0) -> None:
+        self.model = hf_model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.backbone = hf_model.base_model
+        head = getattr(hf_model, "score", None)
+        if not isinstance(head, nn.Linear):
+            raise ValueError(f"{name}: no linear `score` head; only causal-LM backbones are supported")
+        self.head = head
+        self.shape: ArchShape = arch_shape(hf_model, self.backbone, head)
+        self.meter = FlopMeter()
+        self.pretrain_flops = pretrain_flops
+        params = inspect.signature(self.backbone.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    # ------------------------------------------------------------ properties
+    @property
+    def n_params(self) -> int:
+        return self.shape.n_params
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.head.weight.dtype
+
+    @property
+    def embedding(self) -> nn.Embedding:
+        return self.backbone.get_input_embeddings()
+
+    def weights_need_grad(self) -> bool:
+        return self.head.weight.requires_grad
+
+    def set_trainable(self, flag: bool) -> None:
+        self.model.train(False)  # no dropout anywhere: numbers must not depend on the call pattern
+        for p in self.model.parameters():
+            p.requires_grad_(flag)
+
+    # ------------------------------------------------------------ counted calls
+    def _count(self, logits: torch.Tensor, fwd: FlopCount) -> torch.Tensor:
+        self.meter.add(fwd)
+        self.meter.count_backward_on(logits, fwd, self.shape, self.weights_need_grad())
+        return logits
+
+    def _head(self, hidden: torch.Tensor, last: torch.Tensor | None) -> torch.Tensor:
+        if last is None:
+            rows = hidden[:, -1]
+        else:
+            rows = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return self.head(rows).float()
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, 2] for right-padded sequences (the head reads each one's last real token)."""
+        return self.logits_from_embeds(self.embedding(input_ids), attention_mask)
+
+    def logits_from_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                           cache: DynamicCache | None = None, prefix_len: int = 0) -> torch.Tensor:
+        b, t = embeds.shape[:2]
+        kwargs = {"inputs_embeds": embeds, "use_cache": cache is not None}
+        if cache is not None:
+            kwargs[self._cache_kw] = cache
+        if attention_mask is not None:
+            full = attention_mask
+            if prefix_len:
+                full = torch.cat([attention_mask.new_ones(b, prefix_len), attention_mask], dim=1)
+            kwargs["attention_mask"] = full
+        hidden = self.backbone(**kwargs).last_hidden_state
+        last = None
+        real = None
+        if attention_mask is not None:
+            last = attention_mask.sum(dim=1) - 1
+            real = int(attention_mask.sum()) + b * prefix_len
+        fwd = forward_flops(self.shape, b, t, prefix_len + t, head_rows=b, full_len=prefix_len + t,
+                            real_tokens=real)
+        return self._count(self._head(hidden, last), fwd)
+
+    # ------------------------------------------------------------ prefix cache
+    def prefix_cache(self, before: list[int] | tuple[int, ...]) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """Keys and values of the prompt before the attack, computed once per example."""
+        if not before:
+            return ()
+        ids = torch.tensor([list(before)], device=self.device)
+        with torch.no_grad():
+            cache = DynamicCache()
+            self.backbone(input_ids=ids, use_cache=True, **{self._cache_kw: cache})
+        t = len(before)
+        spent = forward_flops(self.shape, 1, t, t, head_rows=0)
+        # Nominal FLOPs charge each candidate its whole sequence; the shared prefix is actual-only.
+        self.meter.add(FlopCount(nominal=0.0, actual=spent.actual))
+        return tuple((layer.keys, layer.values) for layer in cache.layers)
+
+    @staticmethod
+    def expand_cache(prefix: tuple, batch: int) -> DynamicCache | None:
+        """A fresh cache object per call: forward appends to it, the stored prefix stays intact."""
+        if not prefix:
+            return None
+        return DynamicCache(ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
+                                            for k, v in prefix])
+
+    def logits_cached(self, prefix: tuple, tail_ids: torch.Tensor | None = None,
+                      tail_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, 2] for `prefix + tail` where every row shares the cached prefix."""
+        if tail_embeds is None:
+            tail_embeds = self.embedding(tail_ids)
+        b = tail_embeds.shape[0]
+        prefix_len = prefix[0][0].shape[2] if prefix else 0
+        cache = self.expand_cache(prefix, b)
+        return self.logits_from_embeds(tail_embeds, None, cache=cache, prefix_len=prefix_len)

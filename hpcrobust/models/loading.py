@@ -1,0 +1,142 @@
+"""Load any Hugging Face causal LM (or a built-in size, or a saved round) as a 2-label classifier.
+
+Nothing is downloaded: a name is a local folder, a built-in size, or a hub id already in the HF
+cache (`local_files_only`). Remote code stays off unless the config turns it on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hpcrobust.config import FamilyConfig, ModelConfig, model_label
+from hpcrobust.errors import UserError
+from hpcrobust.models import family
+from hpcrobust.models.classifier import Classifier
+from hpcrobust.rng import torch_generator
+
+# Tokens each public family was pretrained on, for 6·N·D when a config gives no pretraining compute.
+KNOWN_PRETRAIN_TOKENS = {"pythia": 299_892_736_000, "qwen2.5": 18e12, "qwen2": 7e12}
+META_FILE = "hpcrobust_model.json"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    path: str  # folder or hub id handed to from_pretrained
+    builtin: str = ""  # size name for the built-in family
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().is_dir()
+
+
+def resolve(m: ModelConfig, fam: FamilyConfig) -> Resolved:
+    name = m.name_or_path
+    if name.startswith("builtin:"):
+        size = name.split(":", 1)[1]
+        family.check_size(size)
+        return Resolved(str(family.size_dir(fam, size)), builtin=size)
+    if _looks_like_path(name):
+        p = Path(name).expanduser()
+        if not p.is_dir():
+            raise UserError(f"model directory not found: {p}")
+        if not (p / "config.json").is_file():
+            raise UserError(f"model directory has no config.json: {p}")
+        return Resolved(str(p))
+    return Resolved(name)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def model_config(m: ModelConfig, fam: FamilyConfig):
+    """The HF config, without weights: enough for preflight checks (vocab size, architecture)."""
+    from transformers import AutoConfig
+
+    r = resolve(m, fam)
+    if r.builtin:
+        return None  # built later by the family builder; its vocab is family.vocab_size
+    try:
+        return AutoConfig.from_pretrained(r.path, local_files_only=True, trust_remote_code=m.trust_remote_code,
+                                          revision=m.revision or None)
+    except (OSError, ValueError) as exc:
+        hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"model '{m.name_or_path}': not a local folder and not loadable from the HF cache"
+                        f" (HF_HOME={hf_home}): {first}") from None
+
+
+def load_tokenizer(path: str, m: ModelConfig):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=m.trust_remote_code,
+                                        revision=m.revision or None)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def pretrain_flops(m: ModelConfig, r: Resolved, fam: FamilyConfig, hf_config, n_params_lm: int) -> float:
+    if m.pretrain_flops > 0:
+        return m.pretrain_flops
+    if r.builtin:
+        return float(family.size_info(fam, r.builtin)["pretrain_flops"])
+    meta = Path(r.path) / META_FILE
+    if meta.is_file():
+        return float(json.loads(meta.read_text()).get("pretrain_flops", math.nan))
+    mtype = getattr(hf_config, "model_type", "")
+    name = m.name_or_path.lower()
+    for fam_name, tokens in KNOWN_PRETRAIN_TOKENS.items():
+        if fam_name in name or (fam_name == "pythia" and mtype == "gpt_neox" and "pythia" in name):
+            return 6.0 * n_params_lm * tokens
+    return math.nan
+
+
+def load_classifier(m: ModelConfig, fam: FamilyConfig, device: torch.device, seed: int) -> Classifier:
+    """The classifier for one run; a fresh head is drawn from a stream keyed by (seed, model)."""
+    _quiet_transformers()
+    from transformers import AutoModelForSequenceClassification
+
+    r = resolve(m, fam)
+    hf = AutoModelForSequenceClassification.from_pretrained(
+        r.path, num_labels=2, local_files_only=True, trust_remote_code=m.trust_remote_code,
+        revision=m.revision or None, dtype=DTYPES[m.torch_dtype], use_safetensors=None)
+    tok = load_tokenizer(r.path, m)
+    hf.config.pad_token_id = tok.pad_token_id
+    archs = list(getattr(hf.config, "architectures", None) or [])
+    trained_head = any(a.endswith("ForSequenceClassification") for a in archs)
+    if not trained_head:
+        g = torch_generator(seed, "head-init", model_label(m))
+        std = getattr(hf.config, "initializer_range", 0.02)
+        with torch.no_grad():
+            w = torch.randn(hf.score.weight.shape, generator=g) * std
+            hf.score.weight.copy_(w.to(hf.score.weight.dtype))
+            if hf.score.bias is not None:
+                hf.score.bias.zero_()
+    n_body = sum(p.numel() for n, p in hf.named_parameters() if not n.startswith("score."))
+    emb = hf.get_input_embeddings().weight.numel()
+    n_lm = n_body + emb  # an untied LM head has one more embedding-sized matrix
+    clf = Classifier(hf.to(device), tok, model_label(m), pretrain_flops(m, r, fam, hf.config, n_lm))
+    clf.set_trainable(False)
+    return clf
+
+
+def save_classifier(clf: Classifier, out: Path) -> None:
+    """A round's checkpoint: a normal HF folder (safetensors) that `name_or_path` can point to."""
+    _quiet_transformers()
+    out.mkdir(parents=True, exist_ok=True)
+    clf.model.save_pretrained(out, safe_serialization=True)
+    clf.tokenizer.save_pretrained(out)
+    (out / META_FILE).write_text(json.dumps({"pretrain_flops": clf.pretrain_flops, "source": clf.name}))

@@ -1,0 +1,56 @@
+"""Collectives named for what they share. Every cross-rank exchange of the sweep goes through here.
+
+Order is always fixed by an index that does not depend on the rank count (micro-batch index,
+example index, candidate chunk index), so the same numbers come out of 1, 2 or 3 ranks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import numpy as np
+
+from hpcrobust.parallel.comm import Comm
+
+T = TypeVar("T")
+
+
+def my_share(comm: Comm, n_items: int) -> list[int]:
+    """Round-robin: item i belongs to rank i % size."""
+    return list(range(comm.rank, n_items, comm.size))
+
+
+def share_indexed(comm: Comm, items: dict[int, T]) -> dict[int, T]:
+    """Every rank contributes {index: value}; every rank gets the union."""
+    if comm.size == 1:
+        return dict(items)
+    out: dict[int, T] = {}
+    for part in comm.allgather(items):
+        out.update(part)
+    return out
+
+
+def sum_gradients_in_order(comm: Comm, grads: dict[int, np.ndarray]) -> np.ndarray:
+    """Sum per-micro-batch gradients in micro-batch order, whoever computed them.
+
+    A fixed summation order keeps the result bit-identical for any number of ranks.
+    """
+    allg = share_indexed(comm, grads)
+    keys = sorted(allg)
+    total = allg[keys[0]].copy()
+    for k in keys[1:]:
+        total += allg[k]
+    return total
+
+
+def gather_losses(comm: Comm, losses: dict[int, Any]) -> dict[int, Any]:
+    """Candidate-chunk losses from every rank of a group, keyed by chunk index."""
+    return share_indexed(comm, losses)
+
+
+def broadcast_from_root(comm: Comm, obj: T) -> T:
+    return comm.bcast(obj, root=0)
+
+
+def any_rank(comm: Comm, flag: bool) -> bool:
+    return bool(comm.allreduce_max(1.0 if flag else 0.0))

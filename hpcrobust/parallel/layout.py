@@ -1,0 +1,86 @@
+"""Rank layout: the world is split into groups; each group owns one run at a time.
+
+Which rank computes a number changes nothing about the number (invariant 1); the layout only
+decides who does which work, on which device, with how many threads.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from hpcrobust.config import ParallelConfig
+from hpcrobust.errors import UserError
+from hpcrobust.parallel.comm import Comm, world
+
+
+@dataclass
+class Layout:
+    world: Comm
+    group: Comm
+    group_index: int
+    n_groups: int
+    local_rank: int
+    local_size: int
+    device: torch.device
+    threads: int
+
+    @property
+    def is_root(self) -> bool:
+        return self.world.rank == 0
+
+    @property
+    def is_group_leader(self) -> bool:
+        return self.group.rank == 0
+
+    def runs_of_group(self, n_runs: int, group_index: int | None = None) -> list[int]:
+        g = self.group_index if group_index is None else group_index
+        return [i for i in range(n_runs) if i % self.n_groups == g]
+
+    def group_of_run(self, run_index: int) -> int:
+        return run_index % self.n_groups
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def pick_device(kind: str, local_rank: int) -> torch.device:
+    if kind == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if kind == "cuda":
+        raise UserError("parallel.device: cuda was asked for but no CUDA device is visible")
+    return torch.device("cpu")
+
+
+def check_parallel(cfg: ParallelConfig, world_size: int) -> None:
+    if world_size % cfg.ranks_per_group:
+        raise UserError(f"parallel.ranks_per_group: {cfg.ranks_per_group} does not divide the"
+                        f" {world_size} ranks")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("parallel.device: cuda was asked for but no CUDA device is visible")
+
+
+def make_layout(cfg: ParallelConfig) -> Layout:
+    w = world()
+    check_parallel(cfg, w.size)
+    n_groups = w.size // cfg.ranks_per_group
+    gi = w.rank // cfg.ranks_per_group
+    group = w.split(gi, w.rank)
+    local_rank, local_size = w.local_rank_and_size()
+    device = pick_device(cfg.device, local_rank)
+    if cfg.threads_per_rank:
+        threads = cfg.threads_per_rank
+    elif "SLURM_CPUS_PER_TASK" in os.environ and "SLURM_STEP_ID" in os.environ:
+        threads = int(os.environ["SLURM_CPUS_PER_TASK"])
+    else:
+        threads = max(1, _cores() // local_size)
+    torch.set_num_threads(threads)
+    return Layout(w, group, gi, n_groups, local_rank, local_size, device, threads)

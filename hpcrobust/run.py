@@ -1,0 +1,97 @@
+"""`hpcrobust run`: the same entry for a plain process, `mpiexec -n K` and `srun`.
+
+All ranks agree on user errors before any work starts, so a bad config is one line and exit 2
+on every rank. After that, any exception on any rank aborts the whole MPI job at once, so no rank
+is left waiting in a collective.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from hpcrobust import log as logmod
+from hpcrobust.config import SweepConfig, load_config
+from hpcrobust.errors import UserError
+from hpcrobust.parallel.comm import Comm, world
+
+T = TypeVar("T")
+
+
+def agree(comm: Comm, fn: Callable[[], T]) -> T:
+    """Run `fn` on every rank; if it raises a user error anywhere, every rank raises the first one."""
+    try:
+        value, err = fn(), None
+    except UserError as exc:
+        value, err = None, str(exc)
+    errors = [e for e in comm.allgather(err) if e]
+    if errors:
+        raise UserError(errors[0])
+    return value
+
+
+def run_command(config: str, overrides: list[str], quiet: bool = False) -> int:
+    w = world()
+    logmod.setup(w.rank, w.size, quiet)
+    try:
+        cfg = agree(w, lambda: load_config(config, overrides))
+        return run_config(cfg, quiet=quiet)
+    except UserError as exc:
+        if w.rank == 0:
+            print(f"hpcrobust: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+
+
+def run_config(cfg: SweepConfig, quiet: bool = False) -> int:
+    from hpcrobust.models import family
+    from hpcrobust.parallel.layout import make_layout
+    from hpcrobust.preflight import builtin_sizes, preflight
+    from hpcrobust.store.writer import SweepLock, clean_stale
+
+    w = world()
+    logmod.setup(w.rank, w.size, quiet)
+    layout = agree(w, lambda: make_layout(cfg.parallel))
+    out, task = agree(w, lambda: preflight(cfg))
+    lock = SweepLock(out)
+    agree(w, lambda: lock.acquire() if w.rank == 0 else None)
+    try:
+        if w.rank == 0:
+            clean_stale(out)
+        logmod.log(f"{w.size} rank(s) in {layout.n_groups} group(s); device {layout.device},"
+                   f" {layout.threads} thread(s) per rank")
+        return _guarded(layout.world, lambda: _work(cfg, layout, task, out, family, builtin_sizes, quiet))
+    finally:
+        lock.release()
+
+
+def _work(cfg, layout, task, out: Path, family, builtin_sizes, quiet: bool) -> int:
+    from hpcrobust.sweep import Sweep
+
+    sizes = builtin_sizes(cfg)
+    if sizes and layout.is_root:
+        family.ensure_built(cfg.family, sizes, show_progress=not quiet)
+    layout.world.barrier()
+    Sweep(cfg, layout, task, out).run()
+    layout.world.barrier()
+    logmod.log(f"done: {out}")
+    return 0
+
+
+def _guarded(comm: Comm, fn: Callable[[], int]) -> int:
+    """Past preflight, an exception on one rank ends all ranks: print it once, then abort."""
+    try:
+        return fn()
+    except SystemExit:  # every rank reaches the same deliberate exit (debug.stop_after_round)
+        raise
+    except UserError as exc:
+        logmod.error_line(str(exc))
+        comm.abort(2)
+    except BaseException:
+        prefix = f"[rank {comm.rank}] " if comm.size > 1 else ""
+        sys.stderr.write(prefix + traceback.format_exc().rstrip("\n").replace("\n", "\n" + prefix) + "\n")
+        sys.stderr.flush()
+        comm.abort(1)
+    return 1

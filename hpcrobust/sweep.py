@@ -1,0 +1,146 @@
+"""A sweep: every run (model size x seed) through every round, committed round by round.
+
+Rounds are the outer loop. In round r every group works through its runs, then all ranks commit
+round r together. A run's round starts from the checkpoint of its previous round, whether the
+sweep was interrupted or not, so a resumed sweep stores exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from hpcrobust import __version__
+from hpcrobust.config import SweepConfig, model_label, science_hash, to_yaml
+from hpcrobust.errors import RankFailure
+from hpcrobust.log import log
+from hpcrobust.models.classifier import Classifier
+from hpcrobust.models.flops import FlopCount
+from hpcrobust.models.loading import load_classifier, save_classifier
+from hpcrobust.parallel.collectives import broadcast_from_root
+from hpcrobust.parallel.layout import Layout
+from hpcrobust.preflight import RunSpec, plan_runs
+from hpcrobust.store import reader, writer
+from hpcrobust.store.schema import FORMAT, SCHEMA_VERSION, Record, round_path, run_path
+from hpcrobust.tasks import TaskData
+from hpcrobust.tasks.placement import clean_ids
+from hpcrobust.training.trainer import TrainSpec, predict, train
+
+
+@dataclass
+class Sweep:
+    cfg: SweepConfig
+    layout: Layout
+    task: TaskData
+    out: Path
+
+    def __post_init__(self) -> None:
+        self.runs = plan_runs(self.cfg)
+        self.ckpt_root = Path(str(self.out) + ".ckpt")
+        self.header = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "hpcrobust_version": __version__,
+                       "config": to_yaml(self.cfg), "science_hash": science_hash(self.cfg)}
+
+    # ------------------------------------------------------------ plan
+    def n_rounds(self, run: RunSpec) -> int:
+        m = self.cfg.models[run.model_index]
+        return m.rounds if m.rounds >= 0 else self.cfg.advtrain.rounds
+
+    def checkpoint_dir(self, run: RunSpec, r: int) -> Path:
+        return self.ckpt_root / run.key / f"round_{r:04d}"
+
+    # ------------------------------------------------------------ main loop
+    def run(self) -> None:
+        lay = self.layout
+        done = broadcast_from_root(lay.world, reader.committed_rounds(self.out) if lay.is_root else None)
+        total = sum(self.n_rounds(r) + 1 for r in self.runs)
+        already = sum(len(done.get(r.key, ())) for r in self.runs)
+        bar = None
+        if lay.is_root:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=already, desc="sweep", unit="round", dynamic_ncols=True)
+        max_round = max(self.n_rounds(r) for r in self.runs)
+        for rnd in range(max_round + 1):
+            if self.cfg.debug.fail_rank == lay.world.rank and self.cfg.debug.fail_round == rnd:
+                raise RankFailure(f"injected failure on rank {lay.world.rank} in round {rnd} (debug.fail_rank)")
+            mine: list[Record] = []
+            for i in lay.runs_of_group(len(self.runs)):
+                run = self.runs[i]
+                if rnd > self.n_rounds(run) or rnd in done.get(run.key, set()):
+                    continue
+                rec = self.run_round(run, rnd)
+                if rec is not None:
+                    mine.append(rec)
+            n = writer.commit(lay.world, self.out, self.header, mine)
+            if bar is not None:
+                bar.update(n)
+            if n:
+                log(f"round {rnd}: committed {n} run(s) to {self.out}")
+            if self.cfg.debug.stop_after_round == rnd:
+                raise SystemExit(3)
+        if bar is not None:
+            bar.close()
+
+    # ------------------------------------------------------------ one round of one run
+    def load_model(self, run: RunSpec, rnd: int) -> Classifier:
+        m = self.cfg.models[run.model_index]
+        if rnd == 0:
+            return load_classifier(m, self.cfg.family, self.layout.device, run.seed)
+        prev = self.checkpoint_dir(run, rnd - 1)
+        if not (prev / "config.json").is_file():
+            raise RuntimeError(f"checkpoint of round {rnd - 1} for {run.key} is missing: {prev}")
+        saved = replace(m, name_or_path=str(prev), label=model_label(m))
+        return load_classifier(saved, self.cfg.family, self.layout.device, run.seed)
+
+    def group_flops(self, spent: FlopCount) -> FlopCount:
+        total = FlopCount()
+        for part in self.layout.group.allgather(spent):
+            total.add(part)
+        return total
+
+    def run_round(self, run: RunSpec, rnd: int) -> Record | None:
+        t0 = time.time()
+        lay = self.layout
+        clf = self.load_model(run, rnd)
+        start = clf.meter.total.snapshot()
+        scalars: dict[str, float] = {}
+        if rnd == 0:
+            ft = self.cfg.finetune
+            spec = TrainSpec(ft.epochs, ft.lr, ft.batch_size, ft.micro_batch_size, ft.warmup_frac, ft.schedule,
+                             ft.optimizer, ft.weight_decay)
+            seqs = [clean_ids(clf.tokenizer, e, self.cfg.task.max_content_tokens) for e in self.task.train]
+            res = train(clf, seqs, [e.label for e in self.task.train], spec, lay.group, run.seed,
+                        (run.key, "finetune"))
+            spent = self.group_flops(clf.meter.total.since(start))
+            scalars.update(train_loss=res.mean_loss, flops_nominal=spent.nominal, flops_actual=spent.actual,
+                           finetune_flops=spent.nominal, defense_flops=0.0, defense_flops_cum=0.0)
+        val = [clean_ids(clf.tokenizer, e, self.cfg.task.max_content_tokens) for e in self.task.val]
+        pred, _ = predict(clf, val, self.cfg.finetune.eval_batch_size, lay.group)
+        labels = np.array([e.label for e in self.task.val])
+        scalars["clean_accuracy"] = float((pred == labels).mean())
+        if lay.is_group_leader:
+            self.save_checkpoint(clf, run, rnd)
+        wall = lay.group.allreduce_max(time.time() - t0)
+        scalars.update(wall_time=wall, n_params=clf.n_params, pretrain_flops=float(clf.pretrain_flops))
+        log(f"{run.key} round {rnd}: clean accuracy {scalars['clean_accuracy']:.3f}"
+            f" loss {scalars.get('train_loss', float('nan')):.3f} ({wall:.1f}s)", all_ranks=lay.is_group_leader)
+        if not lay.is_group_leader:
+            return None
+        m = self.cfg.models[run.model_index]
+        return Record(path=round_path(run.key, rnd), attrs={"round": rnd}, scalars=scalars,
+                      parent_attrs={run_path(run.key): {
+                          "model": m.name_or_path, "model_label": run.key.split("__seed")[0],
+                          "seed": run.seed, "task": self.cfg.task.name, "run_index": run.index}})
+
+    def save_checkpoint(self, clf: Classifier, run: RunSpec, rnd: int) -> None:
+        final = self.checkpoint_dir(run, rnd)
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_classifier(clf, tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)

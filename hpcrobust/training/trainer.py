@@ -1,0 +1,151 @@
+"""Classifier training with fixed micro-batches, shared across a group's ranks.
+
+The effective batch is `batch_size` for every model size and rank count: each optimizer step is
+cut into fixed micro-batches, the group's ranks take them round-robin, and the gradients are
+summed in micro-batch order (invariant 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hpcrobust.models.classifier import Classifier
+from hpcrobust.models.flops import FlopCount
+from hpcrobust.parallel.collectives import my_share, share_indexed, sum_gradients_in_order
+from hpcrobust.parallel.comm import Comm
+from hpcrobust.rng import stream
+
+
+@dataclass
+class TrainSpec:
+    epochs: float
+    lr: float
+    batch_size: int
+    micro_batch_size: int
+    warmup_frac: float = 0.0
+    schedule: str = "constant"
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+
+
+@dataclass
+class TrainResult:
+    mean_loss: float
+    steps: int
+    examples: int
+    flops: FlopCount
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    t = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), t), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def make_optimizer(params, spec: TrainSpec):
+    if spec.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=spec.lr, relative_step=False, scale_parameter=False, warmup_init=False,
+                         weight_decay=spec.weight_decay)
+    return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+def lr_factor(step: int, n_steps: int, spec: TrainSpec) -> float:
+    warm = int(round(spec.warmup_frac * n_steps))
+    if step < warm:
+        return (step + 1) / warm
+    if spec.schedule == "constant":
+        return 1.0
+    return max(0.0, (n_steps - step) / max(1, n_steps - warm))
+
+
+def epoch_order(n: int, epochs: float, batch_size: int, seed: int, key: tuple) -> list[int]:
+    """Example indices for every step, from permutations keyed by (seed, key, epoch)."""
+    total = int(math.floor(n * epochs / batch_size)) * batch_size
+    order: list[int] = []
+    e = 0
+    while len(order) < total:
+        order += stream(seed, *key, "epoch", e).permutation(n).tolist()
+        e += 1
+    return order[:total]
+
+
+def _flat_grad(params: list[torch.nn.Parameter]) -> np.ndarray:
+    return torch.cat([p.grad.reshape(-1) for p in params]).detach().cpu().numpy()
+
+
+def _set_grad(params: list[torch.nn.Parameter], flat: np.ndarray) -> None:
+    t = torch.from_numpy(flat)
+    off = 0
+    for p in params:
+        n = p.numel()
+        p.grad = t[off: off + n].view_as(p).to(p.device, p.dtype).clone()
+        off += n
+
+
+def train(clf: Classifier, seqs: list[list[int]], labels: list[int], spec: TrainSpec, group: Comm,
+          seed: int, key: tuple) -> TrainResult:
+    """Train in place; returns the mean training loss and the FLOPs the group spent (all ranks)."""
+    order = epoch_order(len(seqs), spec.epochs, spec.batch_size, seed, key)
+    n_steps = len(order) // spec.batch_size
+    before = clf.meter.total.snapshot()
+    if n_steps == 0:
+        return TrainResult(float("nan"), 0, 0, FlopCount())
+    clf.set_trainable(True)
+    params = [p for p in clf.model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, spec)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, n_steps, spec))
+    pad = clf.tokenizer.pad_token_id
+    n_mb = spec.batch_size // spec.micro_batch_size
+    loss_sum = 0.0
+    for step in range(n_steps):
+        batch = order[step * spec.batch_size: (step + 1) * spec.batch_size]
+        mine = my_share(group, n_mb)
+        grads: dict[int, np.ndarray] = {}
+        losses: dict[int, float] = {}
+        for mb in mine:
+            idx = batch[mb * spec.micro_batch_size: (mb + 1) * spec.micro_batch_size]
+            ids, mask = pad_batch([seqs[i] for i in idx], pad, clf.device)
+            y = torch.tensor([labels[i] for i in idx], device=clf.device)
+            logits = clf.logits(ids, mask)
+            loss = F.cross_entropy(logits, y, reduction="sum") / spec.batch_size
+            if group.size > 1:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            losses[mb] = float(loss.detach())
+            if group.size > 1:
+                grads[mb] = _flat_grad(params)
+        if group.size > 1:
+            _set_grad(params, sum_gradients_in_order(group, grads))
+            losses = share_indexed(group, losses)
+        loss_sum += sum(losses[k] for k in sorted(losses))
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    clf.set_trainable(False)
+    spent = clf.meter.total.since(before)
+    return TrainResult(loss_sum / n_steps, n_steps, n_steps * spec.batch_size, spent)
+
+
+@torch.no_grad()
+def predict(clf: Classifier, seqs: list[list[int]], batch_size: int, group: Comm) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted labels and the logit margin (label 1 minus label 0), in fixed batches shared by rank."""
+    n_batches = math.ceil(len(seqs) / batch_size)
+    pad = clf.tokenizer.pad_token_id
+    out: dict[int, np.ndarray] = {}
+    for b in my_share(group, n_batches):
+        ids, mask = pad_batch(seqs[b * batch_size: (b + 1) * batch_size], pad, clf.device)
+        out[b] = clf.logits(ids, mask).cpu().numpy()
+    allb = share_indexed(group, out)
+    logits = np.concatenate([allb[b] for b in range(n_batches)]) if n_batches else np.zeros((0, 2))
+    return logits.argmax(axis=1), logits[:, 1] - logits[:, 0]
