@@ -70,6 +70,7 @@ install_repo() {
 
 if h5py_mpi_ok && rest_ok; then
     log "$VENV_DIR already has h5py with MPI; skipping build"
+    step "check existing venv"
     install_repo
     step "done"
     exit 0
@@ -117,8 +118,15 @@ if h5py_mpi_ok; then
     log "h5py with MPI already present"
 else
     H5PY_REQ=h5py${H5PY_VERSION:+==$H5PY_VERSION}
+    # Speed: compile the extensions in parallel (setuptools reads DIST_EXTRA_CONFIG) and without
+    # debug info (-g0): on 2 cores this cuts the build from about 290 s to about 70 s, most of
+    # what is left being the (serial) cythonize step.
+    EXTRA_CFG=$(mktemp)
+    trap 'rm -f "$EXTRA_CFG"' EXIT
+    printf '[build_ext]\nparallel = %s\n' "$(nproc)" >"$EXTRA_CFG"
     h5py_build() {
         CC=mpicc.mpich HDF5_MPI=ON HDF5_DIR=$HDF5_MPICH_DIR \
+        CFLAGS="${CFLAGS:-} -g0" DIST_EXTRA_CONFIG=$EXTRA_CFG \
             "$VPY" -m pip install -q --force-reinstall --no-deps --no-binary=h5py \
             --no-build-isolation "$@" "$H5PY_REQ"
     }

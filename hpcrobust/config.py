@@ -121,7 +121,8 @@ class AdvTrainConfig:
 @dataclass
 class ParallelConfig:
     ranks_per_group: int = _f(1, lo=1, doc="MPI ranks that share one run")
-    threads_per_rank: int = _f(0, lo=0, doc="torch threads per rank (0 = cores of this rank)")
+    threads_per_rank: int = _f(1, lo=0, doc="torch threads per rank (0 = all cores of this rank). On CPU the"
+                               " thread count changes float rounding, so keep it fixed to compare rank counts")
     device: str = _f("auto", choices=("auto", "cpu", "cuda"), doc="auto: CUDA per local rank when present")
     score_chunk: int = _f(64, lo=1, doc="candidates per scoring chunk (fixed, so results do not depend on ranks)")
 
@@ -375,7 +376,8 @@ def science_hash(cfg: SweepConfig) -> str:
     d = to_dict(cfg)
     for k in _NOT_SCIENCE:
         d.pop(k, None)
-    d["parallel"] = {"score_chunk": cfg.parallel.score_chunk, "device": cfg.parallel.device}
+    d["parallel"] = {"score_chunk": cfg.parallel.score_chunk, "device": cfg.parallel.device,
+                     "threads_per_rank": cfg.parallel.threads_per_rank}
     return hashlib.sha256(yaml.safe_dump(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -29,7 +29,9 @@ def agree(comm: Comm, fn: Callable[[], T]) -> T:
         value, err = None, str(exc)
     errors = [e for e in comm.allgather(err) if e]
     if errors:
-        raise UserError(errors[0])
+        exc = UserError(errors[0])
+        exc.agreed = True  # every rank raises it: nobody is left in a collective
+        raise exc
     return value
 
 
@@ -68,12 +70,14 @@ def run_config(cfg: SweepConfig, quiet: bool = False) -> int:
 
 
 def _work(cfg, layout, task, out: Path, family, builtin_sizes, quiet: bool) -> int:
+    from hpcrobust.attacks.registry import check_attacks_with_tokenizers
     from hpcrobust.sweep import Sweep
 
     sizes = builtin_sizes(cfg)
     if sizes and layout.is_root:
         family.ensure_built(cfg.family, sizes, show_progress=not quiet)
     layout.world.barrier()
+    agree(layout.world, lambda: check_attacks_with_tokenizers(cfg))
     Sweep(cfg, layout, task, out).run()
     layout.world.barrier()
     logmod.log(f"done: {out}")
@@ -87,6 +91,10 @@ def _guarded(comm: Comm, fn: Callable[[], int]) -> int:
     except SystemExit:  # every rank reaches the same deliberate exit (debug.stop_after_round)
         raise
     except UserError as exc:
+        if getattr(exc, "agreed", False):
+            if comm.rank == 0:
+                print(f"hpcrobust: error: {exc}", file=sys.stderr, flush=True)
+            return 2
         logmod.error_line(str(exc))
         comm.abort(2)
     except BaseException:

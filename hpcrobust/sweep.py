@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from hpcrobust import __version__
+from hpcrobust.attacks.registry import evaluate_attack
 from hpcrobust.config import SweepConfig, model_label, science_hash, to_yaml
 from hpcrobust.errors import RankFailure
 from hpcrobust.log import log
@@ -26,7 +27,7 @@ from hpcrobust.parallel.collectives import broadcast_from_root
 from hpcrobust.parallel.layout import Layout
 from hpcrobust.preflight import RunSpec, plan_runs
 from hpcrobust.store import reader, writer
-from hpcrobust.store.schema import FORMAT, SCHEMA_VERSION, Record, round_path, run_path
+from hpcrobust.store.schema import FORMAT, SCHEMA_VERSION, Record, attack_arrays, round_path, run_path
 from hpcrobust.tasks import TaskData
 from hpcrobust.tasks.placement import clean_ids
 from hpcrobust.training.trainer import TrainSpec, predict, train
@@ -123,6 +124,13 @@ class Sweep:
         pred, _ = predict(clf, val, self.cfg.finetune.eval_batch_size, lay.group)
         labels = np.array([e.label for e in self.task.val])
         scalars["clean_accuracy"] = float((pred == labels).mean())
+        arrays: dict[str, np.ndarray] = {}
+        for a in self.cfg.attacks:
+            res = evaluate_attack(a, clf, lay.group, run.seed, run.key, rnd, self.task.val, pred,
+                                  self.cfg.parallel.score_chunk, self.cfg.family, self.cfg.task.max_content_tokens)
+            arrays.update(attack_arrays(res))
+            log(f"{run.key} round {rnd}: {a.name} ASR {res.asr[-1]:.3f} after {len(res.asr) - 1} iterations"
+                f" ({res.wall_time:.1f}s)", all_ranks=lay.is_group_leader)
         if lay.is_group_leader:
             self.save_checkpoint(clf, run, rnd)
         wall = lay.group.allreduce_max(time.time() - t0)
@@ -132,7 +140,7 @@ class Sweep:
         if not lay.is_group_leader:
             return None
         m = self.cfg.models[run.model_index]
-        return Record(path=round_path(run.key, rnd), attrs={"round": rnd}, scalars=scalars,
+        return Record(path=round_path(run.key, rnd), attrs={"round": rnd}, scalars=scalars, arrays=arrays,
                       parent_attrs={run_path(run.key): {
                           "model": m.name_or_path, "model_label": run.key.split("__seed")[0],
                           "seed": run.seed, "task": self.cfg.task.name, "run_index": run.index}})

@@ -106,7 +106,7 @@ class Classifier:
         t = len(before)
         spent = forward_flops(self.shape, 1, t, t, head_rows=0)
         # Nominal FLOPs charge each candidate its whole sequence; the shared prefix is actual-only.
-        self.meter.add(FlopCount(nominal=0.0, actual=spent.actual))
+        self.meter.add(FlopCount(nominal=0, actual=spent.actual))
         return tuple((layer.keys, layer.values) for layer in cache.layers)
 
     @staticmethod

@@ -17,8 +17,10 @@ from torch import nn
 
 @dataclass
 class FlopCount:
-    nominal: float = 0.0
-    actual: float = 0.0
+    """Exact integers, so totals do not depend on the order in which ranks add them up."""
+
+    nominal: int = 0
+    actual: int = 0
     forward_tokens: int = 0  # T summed over forward calls (nominal convention)
     backward_tokens: int = 0
 
@@ -83,19 +85,19 @@ def forward_flops(a: ArchShape, batch: int, q_len: int, kv_len: int, head_rows: 
     nominal token count (padding excluded).
     """
     tokens = batch * q_len
-    linear = 2.0 * a.layer_linear_params * tokens
+    linear = 2 * a.layer_linear_params * tokens
     # QK^T and AV: each 2·q·kv·width per layer (SDPA computes the full rectangle, mask or not).
-    attn = 4.0 * a.n_layers * batch * q_len * kv_len * a.hidden
-    head = 2.0 * head_rows * a.head_in * a.n_labels_head
+    attn = 4 * a.n_layers * batch * q_len * kv_len * a.hidden
+    head = 2 * head_rows * a.head_in * a.n_labels_head
     nominal_tokens = real_tokens if real_tokens is not None else batch * (full_len if full_len else kv_len)
-    return FlopCount(nominal=2.0 * a.n_params * nominal_tokens, actual=linear + attn + head,
+    return FlopCount(nominal=2 * a.n_params * nominal_tokens, actual=linear + attn + head,
                      forward_tokens=nominal_tokens)
 
 
 def backward_flops(fwd: FlopCount, a: ArchShape, weights_need_grad: bool) -> FlopCount:
     """Backward of a forward: input grads always, weight grads when the weights are trained."""
-    factor = 2.0 if weights_need_grad else 1.0
-    return FlopCount(nominal=2.0 * fwd.nominal, actual=factor * fwd.actual,
+    factor = 2 if weights_need_grad else 1
+    return FlopCount(nominal=2 * fwd.nominal, actual=factor * fwd.actual,
                      backward_tokens=fwd.forward_tokens)
 
 

@@ -50,8 +50,11 @@ ATTACK_ARRAYS: dict[str, str] = {
     "attack_tokens": "[n_examples, n_attack_tokens] final attack token ids",
     "attack_text": "[n_examples] final attack decoded (fixed-length UTF-8)",
     "example_index": "[n_examples] index of each attacked example in the validation split",
-    "flops_nominal": "[n_iterations] attack FLOPs per iteration, nominal (as if nothing were cached)",
-    "flops_actual": "[n_iterations] attack FLOPs per iteration, actually computed",
+    "flops_nominal": "[n_iterations+1] attack FLOPs per iteration (index 0: setup), nominal (as if"
+                     " nothing were cached)",
+    "flops_actual": "[n_iterations+1] attack FLOPs per iteration, as actually computed",
+    "final_loss": "[n_examples] wrong-label loss of the final attack",
+    "wall_time": "seconds the attack took",
 }
 
 
@@ -96,3 +99,24 @@ class Record:
         return {"path": self.path, "attrs": self.attrs, "scalars": self.scalars,
                 "parent_attrs": self.parent_attrs,
                 "arrays": {k: (v.shape, v.dtype.str) for k, v in self.arrays.items()}}
+
+
+def attack_arrays(res) -> dict[str, np.ndarray]:
+    """An AttackResult as datasets under attacks/<name>/ (see ATTACK_ARRAYS)."""
+    width = max([1, *(len(t) for t in res.tokens)])
+    toks = np.full((len(res.tokens), width), -1, dtype=np.int64)
+    for i, t in enumerate(res.tokens):
+        toks[i, : len(t)] = t
+    base = f"attacks/{res.name}/"
+    return {
+        base + "asr": np.asarray(res.asr, dtype=np.float64),
+        base + "correct_before": np.asarray(res.correct_before, dtype=bool),
+        base + "first_success": np.asarray(res.first_success, dtype=np.int64),
+        base + "attack_tokens": toks,
+        base + "attack_text": text_array(res.texts),
+        base + "example_index": np.asarray(res.example_index, dtype=np.int64),
+        base + "flops_nominal": np.asarray(res.flops_nominal, dtype=np.float64),
+        base + "flops_actual": np.asarray(res.flops_actual, dtype=np.float64),
+        base + "final_loss": np.asarray(res.final_loss, dtype=np.float64),
+        base + "wall_time": np.float64(res.wall_time),
+    }

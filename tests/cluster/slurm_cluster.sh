@@ -124,8 +124,7 @@ start_munge() {
     log "starting munged"
     runuser -u munge -- /usr/sbin/munged || die "munged failed to start"
     touch "$MUNGE_MARK"
-    local i
-    for i in $(seq 1 50); do
+    for _ in $(seq 1 50); do
         munge_ok && return 0
         sleep 0.2
     done
@@ -285,7 +284,7 @@ do_start() {
 }
 
 kill_pidfile() {  # kill_pidfile NAME PIDFILE
-    local name="$1" f="$2" pid i
+    local name="$1" f="$2" pid
     if ! pid_alive "$f"; then
         rm -f "$f"
         return 0
@@ -293,7 +292,7 @@ kill_pidfile() {  # kill_pidfile NAME PIDFILE
     pid="$(tr -dc '0-9' <"$f")"
     log "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 100); do
+    for _ in $(seq 1 100); do
         kill -0 "$pid" 2>/dev/null || { rm -f "$f"; return 0; }
         sleep 0.1
     done
@@ -312,8 +311,7 @@ do_stop() {
             log "cancelling jobs: $jobs"
             # shellcheck disable=SC2086
             timeout 10 scancel $jobs 2>/dev/null || true
-            local i
-            for i in $(seq 1 30); do
+            for _ in $(seq 1 30); do
                 [[ -z "$(timeout 10 squeue -h -t R,CG -o '%i' 2>/dev/null || true)" ]] && break
                 sleep 0.5
             done

@@ -1,0 +1,107 @@
+"""The one scoring engine every attack uses.
+
+For an example, the tokens before the attack are run once and their keys/values cached; each
+candidate batch then runs only `attack + after` on top of that cache and reads only the two label
+logits at the last position. Candidates are scored in fixed-size chunks whatever the number of
+ranks (invariant 1). On a CUDA out-of-memory error a chunk is cut into smaller pieces and the size
+that fit is remembered for the rest of the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hpcrobust.models.classifier import Classifier
+from hpcrobust.tasks.placement import Encoded
+
+
+@dataclass
+class Scores:
+    losses: np.ndarray  # [C] cross-entropy toward the wrong label (lower = closer to a flip)
+    flipped: np.ndarray  # [C] bool: the wrong label's logit is the larger one
+
+
+def wrong_label_loss(logits: torch.Tensor, label: int) -> torch.Tensor:
+    """Cross-entropy toward the wrong label, per row."""
+    return torch.logsumexp(logits, dim=-1) - logits[..., 1 - label]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class ScoringEngine:
+    def __init__(self, clf: Classifier, chunk: int, max_cached_examples: int = 64) -> None:
+        self.clf = clf
+        self.chunk = chunk
+        self.fit = chunk  # largest sub-batch known to fit in memory
+        self._prefix: dict[int, tuple] = {}
+        self._after: dict[int, torch.Tensor] = {}
+        self._counted: set[int] = set()
+        self.max_cached = max_cached_examples
+
+    # ------------------------------------------------------------ prefix cache
+    def prefix(self, key: int, enc: Encoded, count: bool = False) -> tuple:
+        """The cached keys/values of `enc.before`.
+
+        Its FLOPs are counted once per example, by the rank that leads it (`count=True`); a rank that
+        recomputes it to help score another rank's example, or after evicting it, does not count.
+        """
+        if key not in self._prefix:
+            if len(self._prefix) >= self.max_cached:
+                self._prefix.pop(next(iter(self._prefix)))
+                self._after.clear()
+            start = self.clf.meter.total.snapshot()
+            self._prefix[key] = self.clf.prefix_cache(enc.before)
+            if not count or key in self._counted:
+                self.clf.meter.total.actual -= self.clf.meter.total.since(start).actual
+            else:
+                self._counted.add(key)
+        return self._prefix[key]
+
+    def forget(self, key: int) -> None:
+        self._prefix.pop(key, None)
+        self._after.pop(key, None)
+
+    def after_ids(self, key: int, enc: Encoded) -> torch.Tensor:
+        if key not in self._after:
+            self._after[key] = torch.tensor(list(enc.after), dtype=torch.long, device=self.clf.device)
+        return self._after[key]
+
+    # ------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def _score_rows(self, prefix: tuple, tails: torch.Tensor, label: int) -> tuple[torch.Tensor, torch.Tensor]:
+        out_l, out_f = [], []
+        i = 0
+        while i < tails.shape[0]:
+            part = tails[i: i + self.fit]
+            try:
+                logits = self.clf.logits_cached(prefix, tail_ids=part)
+            except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+                if not _is_oom(exc) or self.fit == 1:
+                    raise
+                self.fit = max(1, self.fit // 2)
+                torch.cuda.empty_cache()
+                continue
+            out_l.append(wrong_label_loss(logits, label))
+            out_f.append(logits[:, 1 - label] > logits[:, label])
+            i += part.shape[0]
+        return torch.cat(out_l), torch.cat(out_f)
+
+    def score_chunk(self, key: int, enc: Encoded, cands: np.ndarray) -> Scores:
+        """Score one chunk (at most `self.chunk` candidates) of attack token rows for one example."""
+        prefix = self.prefix(key, enc)
+        after = self.after_ids(key, enc)
+        c = torch.as_tensor(cands, dtype=torch.long, device=self.clf.device)
+        tails = torch.cat([c, after.expand(c.shape[0], -1)], dim=1) if after.numel() else c
+        losses, flipped = self._score_rows(prefix, tails, enc.label)
+        return Scores(losses.double().cpu().numpy(), flipped.cpu().numpy())
+
+    def n_chunks(self, n_candidates: int) -> int:
+        return (n_candidates + self.chunk - 1) // self.chunk
+
+    def chunk_rows(self, cands: np.ndarray, j: int) -> np.ndarray:
+        return cands[j * self.chunk: (j + 1) * self.chunk]
