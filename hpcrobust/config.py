@@ -50,17 +50,19 @@ class ModelConfig:
     trust_remote_code: bool = _f(False, doc="let HF run code from the model folder (off by default)")
     pretrain_flops: float = _f(0.0, lo=0.0, doc="pretraining compute when it is not known (0 = look it up)")
     rounds: int = _f(-1, lo=-1, doc="adversarial rounds for this size (-1 = advtrain.rounds)")
+    lr_scale: float = _f(1.0, lo=0.0, doc="multiplies finetune.lr and advtrain.lr for this size (small models"
+                         " want larger steps)")
     label: str = _f("", doc="short name in the results (default: derived from name_or_path)")
 
 
 @dataclass
 class FamilyConfig:
-    vocab_size: int = _f(2048, lo=300, hi=65536, doc="tokenizer vocabulary of the built-in family")
+    vocab_size: int = _f(1024, lo=300, hi=65536, doc="tokenizer vocabulary of the built-in family")
     corpus_lines: int = _f(40000, lo=100, doc="generated lines for tokenizer and pretraining")
-    pretrain_steps: int = _f(300, lo=1, doc="causal-LM steps per size")
+    pretrain_steps: int = _f(900, lo=1, doc="causal-LM steps of the smallest sizes (larger ones take fewer)")
     pretrain_batch: int = _f(32, lo=1, doc="sequences per pretraining step")
     pretrain_seq_len: int = _f(64, lo=8, doc="tokens per pretraining sequence")
-    pretrain_lr: float = _f(3e-3, lo=0.0, doc="pretraining learning rate")
+    pretrain_lr: float = _f(2e-3, lo=0.0, doc="pretraining learning rate")
     seed: int = _f(0, lo=0, doc="seed of the family build")
     cache_dir: str = _f("", doc="where built models go (default $HPCROBUST_CACHE or ~/.cache/hpcrobust)")
 
@@ -121,8 +123,8 @@ class AdvTrainConfig:
 @dataclass
 class ParallelConfig:
     ranks_per_group: int = _f(1, lo=1, doc="MPI ranks that share one run")
-    threads_per_rank: int = _f(1, lo=0, doc="torch threads per rank (0 = all cores of this rank). On CPU the"
-                               " thread count changes float rounding, so keep it fixed to compare rank counts")
+    threads_per_rank: int = _f(0, lo=0, doc="torch threads per rank (0 = the cores of this rank, shared among"
+                               " the ranks on its node); results do not depend on it")
     device: str = _f("auto", choices=("auto", "cpu", "cuda"), doc="auto: CUDA per local rank when present")
     score_chunk: int = _f(64, lo=1, doc="candidates per scoring chunk (fixed, so results do not depend on ranks)")
 
@@ -348,11 +350,20 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = (), source: str = "config"
                      ) -> SweepConfig:
     data = yaml.safe_load(yaml.safe_dump(data))  # deep copy of plain data
-    if isinstance(data.get("models"), list):  # `- builtin:s` is short for `- name_or_path: builtin:s`
-        data["models"] = [{"name_or_path": m} if isinstance(m, str) else m for m in data["models"]]
+
+    def expand_models() -> None:  # `- builtin:s` is short for `- name_or_path: builtin:s`
+        if isinstance(data.get("models"), list):
+            data["models"] = [{"name_or_path": m} if isinstance(m, str) else m for m in data["models"]]
+
+    expand_models()
+    defaults = to_dict(SweepConfig())
     try:
         for ov in overrides:
+            top = ov.split("=", 1)[0].split(".")[0]
+            if top not in data and top in defaults:  # an override into a default list or section
+                data[top] = defaults[top]
             apply_override(data, ov)
+            expand_models()
         cfg = _build(SweepConfig, data, "")
         _validate(cfg)
     except UserError as exc:
@@ -376,8 +387,7 @@ def science_hash(cfg: SweepConfig) -> str:
     d = to_dict(cfg)
     for k in _NOT_SCIENCE:
         d.pop(k, None)
-    d["parallel"] = {"score_chunk": cfg.parallel.score_chunk, "device": cfg.parallel.device,
-                     "threads_per_rank": cfg.parallel.threads_per_rank}
+    d["parallel"] = {"score_chunk": cfg.parallel.score_chunk, "device": cfg.parallel.device}
     return hashlib.sha256(yaml.safe_dump(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -50,7 +50,6 @@ def vocab_sizes(cfg: SweepConfig) -> list[int]:
 
 
 def preflight(cfg: SweepConfig) -> tuple[Path, TaskData]:
-    out = check_output(cfg)
     for m in cfg.models:
         resolve(m, cfg.family)
     vocabs = vocab_sizes(cfg)
@@ -58,7 +57,7 @@ def preflight(cfg: SweepConfig) -> tuple[Path, TaskData]:
     from hpcrobust.attacks.registry import check_attacks
 
     check_attacks(cfg, vocabs)
-    return out, task
+    return check_output(cfg), task
 
 
 def builtin_sizes(cfg: SweepConfig) -> list[str]:

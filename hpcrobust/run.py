@@ -40,14 +40,26 @@ def run_command(config: str, overrides: list[str], quiet: bool = False) -> int:
     logmod.setup(w.rank, w.size, quiet)
     try:
         cfg = agree(w, lambda: load_config(config, overrides))
-        return run_config(cfg, quiet=quiet)
+        return run_config(cfg, quiet=quiet, source=config)
     except UserError as exc:
         if w.rank == 0:
             print(f"hpcrobust: error: {exc}", file=sys.stderr, flush=True)
         return 2
 
 
-def run_config(cfg: SweepConfig, quiet: bool = False) -> int:
+def _from(source: str, fn: Callable[[], T]) -> Callable[[], T]:
+    """Name the config file in errors found while checking what it points to."""
+
+    def wrapped() -> T:
+        try:
+            return fn()
+        except UserError as exc:
+            raise UserError(f"{source}: {exc}") from None
+
+    return wrapped
+
+
+def run_config(cfg: SweepConfig, quiet: bool = False, source: str = "config") -> int:
     from hpcrobust.models import family
     from hpcrobust.parallel.layout import make_layout
     from hpcrobust.preflight import builtin_sizes, preflight
@@ -55,21 +67,24 @@ def run_config(cfg: SweepConfig, quiet: bool = False) -> int:
 
     w = world()
     logmod.setup(w.rank, w.size, quiet)
-    layout = agree(w, lambda: make_layout(cfg.parallel))
-    out, task = agree(w, lambda: preflight(cfg))
+    layout = agree(w, _from(source, lambda: make_layout(cfg.parallel)))
+    out, task = agree(w, _from(source, lambda: preflight(cfg)))
     lock = SweepLock(out)
     agree(w, lambda: lock.acquire() if w.rank == 0 else None)
     try:
         if w.rank == 0:
             clean_stale(out)
+        from hpcrobust.store.writer import mpio_available
+
+        writer_kind = "parallel HDF5 (mpio)" if w.size > 1 and mpio_available() else "gathered to rank 0"
         logmod.log(f"{w.size} rank(s) in {layout.n_groups} group(s); device {layout.device},"
-                   f" {layout.threads} thread(s) per rank")
-        return _guarded(layout.world, lambda: _work(cfg, layout, task, out, family, builtin_sizes, quiet))
+                   f" {layout.threads} thread(s) per rank; results writer: {writer_kind}")
+        return _guarded(layout.world, lambda: _work(cfg, layout, task, out, family, builtin_sizes, quiet, source))
     finally:
         lock.release()
 
 
-def _work(cfg, layout, task, out: Path, family, builtin_sizes, quiet: bool) -> int:
+def _work(cfg, layout, task, out: Path, family, builtin_sizes, quiet: bool, source: str) -> int:
     from hpcrobust.attacks.registry import check_attacks_with_tokenizers
     from hpcrobust.sweep import Sweep
 
@@ -77,7 +92,7 @@ def _work(cfg, layout, task, out: Path, family, builtin_sizes, quiet: bool) -> i
     if sizes and layout.is_root:
         family.ensure_built(cfg.family, sizes, show_progress=not quiet)
     layout.world.barrier()
-    agree(layout.world, lambda: check_attacks_with_tokenizers(cfg))
+    agree(layout.world, _from(source, lambda: check_attacks_with_tokenizers(cfg)))
     Sweep(cfg, layout, task, out).run()
     layout.world.barrier()
     logmod.log(f"done: {out}")

@@ -112,7 +112,8 @@ class Sweep:
         scalars: dict[str, float] = {}
         if rnd == 0:
             ft = self.cfg.finetune
-            spec = TrainSpec(ft.epochs, ft.lr, ft.batch_size, ft.micro_batch_size, ft.warmup_frac, ft.schedule,
+            scale = self.cfg.models[run.model_index].lr_scale
+            spec = TrainSpec(ft.epochs, ft.lr * scale, ft.batch_size, ft.micro_batch_size, ft.warmup_frac, ft.schedule,
                              ft.optimizer, ft.weight_decay)
             seqs = [clean_ids(clf.tokenizer, e, self.cfg.task.max_content_tokens) for e in self.task.train]
             res = train(clf, seqs, [e.label for e in self.task.train], spec, lay.group, run.seed,

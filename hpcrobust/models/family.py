@@ -24,11 +24,17 @@ import torch
 
 from hpcrobust.config import FamilyConfig
 from hpcrobust.errors import UserError
+from hpcrobust.models.determinism import make_thread_invariant
 from hpcrobust.rng import stream
-from hpcrobust.tasks.words import word_list
+from hpcrobust.tasks.words import COMMON_WORDS, word_list
 
 EOS = "<|endoftext|>"
-RECIPE_VERSION = 3  # bump when the build code changes what it produces
+RECIPE_VERSION = 5  # bump when the build code changes what it produces
+# Share of corpus lines by kind: rare-word runs, common-English sentences, repeated spans, key/value.
+# Dense repetition is what lets small models grow induction (copying) heads in a few hundred steps.
+CORPUS_MIX = (0.15, 0.25, 0.4, 0.2)
+COPY_FRACTION = 0.25  # rows of each pretraining batch that are repeated random-token spans
+COPY_PHASE = 0.7  # the first 70% of the steps use only such rows
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class SizeSpec:
     hidden: int
     layers: int
     heads: int
+    step_scale: float = 1.0  # share of family.pretrain_steps: larger sizes grow induction heads sooner
 
     @property
     def intermediate(self) -> int:
@@ -43,12 +50,16 @@ class SizeSpec:
 
 
 SIZES: dict[str, SizeSpec] = {
-    "xs": SizeSpec(32, 1, 2),
+    "xs": SizeSpec(24, 2, 2),
     "s": SizeSpec(64, 2, 4),
     "m": SizeSpec(112, 3, 4),
-    "l": SizeSpec(160, 4, 4),
-    "xl": SizeSpec(256, 4, 8),
+    "l": SizeSpec(176, 4, 4, 0.7),
+    "xl": SizeSpec(256, 4, 8, 0.6),
 }
+
+
+def size_steps(cfg: FamilyConfig, size: str) -> int:
+    return max(1, int(round(cfg.pretrain_steps * SIZES[size].step_scale)))
 
 
 def cache_root(cfg: FamilyConfig) -> Path:
@@ -95,23 +106,31 @@ def size_info(cfg: FamilyConfig, size: str) -> dict:
 # ------------------------------------------------------------------ corpus
 
 def corpus_lines(n: int, seed: int) -> list[str]:
-    """Plain generated text: word runs, key/value lines and repeated spans (so copying is learnable)."""
+    """Plain generated text, never the task's examples.
+
+    Four kinds of line: runs of rare words, ordinary sentences of common words, repeated spans, and
+    key/value pairs whose values sometimes repeat. The repeats make copying (induction) learnable,
+    which is what small models need before they can compare two strings.
+    """
     words = word_list()
     rng = stream(seed, "family", "corpus")
-    keys = ["Name", "Code", "Item", "Color", "Place", "Owner", "Word", "Value", "Tag", "Label"]
+    keys = ["Name", "Code", "Item", "Color", "Place", "Owner", "Word", "Value", "Tag", "Label", "Key", "Entry"]
     lines = []
     for _ in range(n):
-        kind = rng.integers(0, 4)
+        kind = int(rng.choice(4, p=CORPUS_MIX))
         ws = [words[i] for i in rng.integers(0, len(words), size=12).tolist()]
         if kind == 0:
-            lines.append(" ".join(ws[: rng.integers(4, 12)]) + rng.choice([".", "?", "!", ","]))
+            lines.append(" ".join(ws[: rng.integers(3, 10)]) + str(rng.choice([".", "?", "!", ","])))
         elif kind == 1:
-            k1, k2 = rng.choice(keys, size=2, replace=False).tolist()
-            lines.append(f"{k1}: {ws[0]}\n{k2}: {ws[1]}")
+            cw = [COMMON_WORDS[i] for i in rng.integers(0, len(COMMON_WORDS), size=int(rng.integers(5, 16)))]
+            text = " ".join(cw)
+            if rng.random() < 0.5:
+                text = text.upper() if rng.random() < 0.2 else text[0].upper() + text[1:]
+            lines.append(text + str(rng.choice([".", "?", ":", ","])))
         elif kind == 2:
-            span = ws[: rng.integers(1, 4)]
-            filler = ws[4: 4 + rng.integers(0, 6)]
-            lines.append(" ".join(span + filler) + " " + " ".join(span))
+            span = " ".join(ws[: rng.integers(2, 6)])
+            sep = str(rng.choice([" ", "\n", ", ", " | "]))
+            lines.append(sep.join([span] * int(rng.integers(3, 7))))
         else:
             k1, k2 = rng.choice(keys, size=2, replace=False).tolist()
             same = bool(rng.integers(0, 2))
@@ -149,16 +168,35 @@ def _locked(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _pretrain_batches(ids: np.ndarray, steps: int, batch: int, seq_len: int, seed: int, size: str):
+def _pretrain_batches(ids: np.ndarray, steps: int, batch: int, seq_len: int, seed: int, size: str,
+                      vocab: int, eos: int):
+    """Windows of the corpus, plus (COPY_FRACTION of rows) spans of random tokens repeated to the end.
+
+    The repeated random spans cannot be predicted from word statistics, only by copying, which is
+    what makes induction heads form within a few hundred steps.
+    """
     rng = stream(seed, "family", "pretrain-order", size)
     n_windows = (len(ids) - 1) // seq_len
-    for _ in range(steps):
-        starts = rng.integers(0, n_windows, size=batch) * seq_len
-        yield torch.from_numpy(np.stack([ids[s: s + seq_len] for s in starts.tolist()]).astype(np.int64))
+    for step in range(steps):
+        # Phase 1 (first COPY_PHASE of the steps): only repeated random spans, to grow induction heads.
+        frac = 1.0 if step < COPY_PHASE * steps else COPY_FRACTION
+        n_copy = int(round(frac * batch))
+        starts = rng.integers(0, n_windows, size=batch - n_copy) * seq_len
+        rows = [ids[s: s + seq_len] for s in starts.tolist()]
+        for _ in range(n_copy):
+            span = rng.integers(0, vocab, size=int(rng.integers(4, 17)))
+            span = np.where(span == eos, (span + 1) % vocab, span)
+            reps = -(-seq_len // len(span)) + 1
+            off = int(rng.integers(0, len(span)))
+            rows.append(np.tile(span, reps)[off: off + seq_len])
+        yield torch.from_numpy(np.stack(rows).astype(np.int64))
 
 
 def _build_size(cfg: FamilyConfig, size: str, tokenizer, ids: np.ndarray, bar) -> None:
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     spec = SIZES[size]
     eos = tokenizer.convert_tokens_to_ids(EOS)
@@ -172,15 +210,16 @@ def _build_size(cfg: FamilyConfig, size: str, tokenizer, ids: np.ndarray, bar) -
         use_parallel_residual=True,
     )
     torch.manual_seed(int(stream(cfg.seed, "family", "init", size).integers(0, 2**31 - 1)))
-    model = GPTNeoXForCausalLM(mcfg)
+    model = make_thread_invariant(GPTNeoXForCausalLM(mcfg))
     n_params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, betas=(0.9, 0.95), weight_decay=0.01)
-    warm = max(1, cfg.pretrain_steps // 10)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, betas=(0.9, 0.98), weight_decay=0.0)
+    steps = size_steps(cfg, size)
+    warm = max(1, steps // 10)
 
     def lr_at(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
-        frac = (step - warm) / max(1, cfg.pretrain_steps - warm)
+        frac = (step - warm) / max(1, steps - warm)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
@@ -188,8 +227,8 @@ def _build_size(cfg: FamilyConfig, size: str, tokenizer, ids: np.ndarray, bar) -
     tokens = 0
     loss_val = float("nan")
     t0 = time.time()
-    for batch in _pretrain_batches(ids, cfg.pretrain_steps, cfg.pretrain_batch, cfg.pretrain_seq_len,
-                                   cfg.seed, size):
+    for batch in _pretrain_batches(ids, steps, cfg.pretrain_batch, cfg.pretrain_seq_len,
+                                   cfg.seed, size, len(tokenizer), eos):
         out = model(input_ids=batch, labels=batch)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -197,7 +236,7 @@ def _build_size(cfg: FamilyConfig, size: str, tokenizer, ids: np.ndarray, bar) -
         sched.step()
         opt.zero_grad(set_to_none=True)
         tokens += batch.numel()
-        loss_val = float(out.loss)
+        loss_val = float(out.loss.detach())
         bar.update(1)
         bar.set_postfix(size=size, loss=f"{loss_val:.2f}")
     model.eval()
@@ -244,7 +283,7 @@ def ensure_built(cfg: FamilyConfig, sizes: list[str], show_progress: bool = True
             eos = tokenizer.convert_tokens_to_ids(EOS)
             enc = tokenizer(lines, add_special_tokens=False)["input_ids"]
             ids = np.fromiter((t for line in enc for t in (*line, eos)), dtype=np.int32)
-            bar = tqdm(total=cfg.pretrain_steps * len(missing), desc="building tiny family",
+            bar = tqdm(total=sum(size_steps(cfg, s) for s in missing), desc="building tiny family",
                        disable=not show_progress, unit="step", dynamic_ncols=True)
             for size in missing:
                 _build_size(cfg, size, tokenizer, ids, bar)

@@ -19,6 +19,7 @@ from hpcrobust.config import FamilyConfig, ModelConfig, model_label
 from hpcrobust.errors import UserError
 from hpcrobust.models import family
 from hpcrobust.models.classifier import Classifier
+from hpcrobust.models.determinism import make_thread_invariant
 from hpcrobust.rng import torch_generator
 
 # Tokens each public family was pretrained on, for 6·N·D when a config gives no pretraining compute.
@@ -115,6 +116,7 @@ def load_classifier(m: ModelConfig, fam: FamilyConfig, device: torch.device, see
         revision=m.revision or None, dtype=DTYPES[m.torch_dtype], use_safetensors=None)
     tok = load_tokenizer(r.path, m)
     hf.config.pad_token_id = tok.pad_token_id
+    make_thread_invariant(hf)
     archs = list(getattr(hf.config, "architectures", None) or [])
     trained_head = any(a.endswith("ForSequenceClassification") for a in archs)
     if not trained_head:

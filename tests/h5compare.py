@@ -1,0 +1,35 @@
+"""Compare two results files dataset by dataset (timings excepted)."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+
+SKIP = ("wall_time",)
+
+
+def datasets(path) -> dict:
+    out = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset) and not name.split("/")[-1].startswith(SKIP):
+                out[name] = obj[()]
+            elif isinstance(obj, h5py.Group):
+                for k, v in obj.attrs.items():
+                    out[f"{name}@{k}"] = v
+        f.visititems(visit)
+        out["@science_hash"] = f.attrs["science_hash"]
+    return out
+
+
+def assert_same(a, b) -> int:
+    da, db = datasets(a), datasets(b)
+    assert sorted(da) == sorted(db), set(da) ^ set(db)
+    for k in da:
+        x, y = np.asarray(da[k]), np.asarray(db[k])
+        assert x.shape == y.shape and x.dtype == y.dtype, k
+        if x.dtype.kind == "f":
+            assert np.array_equal(x, y, equal_nan=True), f"{k}: {x} != {y}"
+        else:
+            assert np.array_equal(x, y), f"{k}: {x} != {y}"
+    return len(da)
