@@ -94,6 +94,31 @@ class Classifier:
                             real_tokens=real)
         return self._count(self._head(hidden, last), fwd)
 
+    def logits_shared_prefix(self, prefix: list[int], rest_ids: torch.Tensor, rest_mask: torch.Tensor
+                             ) -> torch.Tensor:
+        """Logits [B, 2] for `prefix + rest` where every row starts with the same `prefix`.
+
+        The prefix runs once (batch 1) and its keys/values are broadcast to the batch; gradients
+        flow back through the broadcast, so this also trains. Used when a micro-batch shares its
+        instructions; nominal FLOPs still charge every row its whole sequence.
+        """
+        b, t = rest_ids.shape
+        p = len(prefix)
+        cache = DynamicCache()
+        self.backbone(input_ids=torch.tensor([prefix], device=self.device), use_cache=True,
+                      **{self._cache_kw: cache})
+        kv = [(layer.keys.expand(b, -1, -1, -1), layer.values.expand(b, -1, -1, -1)) for layer in cache.layers]
+        batch_cache = DynamicCache(ddp_cache_data=kv)
+        full_mask = torch.cat([rest_mask.new_ones(b, p), rest_mask], dim=1)
+        hidden = self.backbone(inputs_embeds=self.embedding(rest_ids), attention_mask=full_mask, use_cache=True,
+                               **{self._cache_kw: batch_cache}).last_hidden_state
+        logits = self._head(hidden, rest_mask.sum(dim=1) - 1)
+        rest = forward_flops(self.shape, b, t, p + t, head_rows=b, full_len=p + t,
+                             real_tokens=int(rest_mask.sum()) + b * p)
+        pre = forward_flops(self.shape, 1, p, p, head_rows=0)
+        both = FlopCount(nominal=rest.nominal, actual=rest.actual + pre.actual, forward_tokens=rest.forward_tokens)
+        return self._count(logits, both)
+
     # ------------------------------------------------------------ prefix cache
     def prefix_cache(self, before: list[int] | tuple[int, ...]) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
         """Keys and values of the prompt before the attack, computed once per example."""

@@ -51,6 +51,30 @@ def pad_batch(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple
     return ids.to(device), mask.to(device)
 
 
+MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a separate forward
+
+
+def common_prefix(seqs: list[list[int]]) -> int:
+    """Length of the prefix all rows share, leaving every row at least one token of its own."""
+    n = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    for k in range(n):
+        t = first[k]
+        if any(s[k] != t for s in seqs):
+            return k
+    return max(n, 0)
+
+
+def batch_logits(clf: Classifier, seqs: list[list[int]]) -> torch.Tensor:
+    """Logits for a micro-batch; a prefix shared by every row (the instructions) is computed once."""
+    p = common_prefix(seqs)
+    if p >= MIN_SHARED_PREFIX and len(seqs) > 1:
+        ids, mask = pad_batch([s[p:] for s in seqs], clf.tokenizer.pad_token_id, clf.device)
+        return clf.logits_shared_prefix(seqs[0][:p], ids, mask)
+    ids, mask = pad_batch(seqs, clf.tokenizer.pad_token_id, clf.device)
+    return clf.logits(ids, mask)
+
+
 def make_optimizer(params, spec: TrainSpec):
     if spec.optimizer == "adafactor":
         from transformers.optimization import Adafactor
@@ -105,7 +129,6 @@ def train(clf: Classifier, seqs: list[list[int]], labels: list[int], spec: Train
     params = [p for p in clf.model.parameters() if p.requires_grad]
     opt = make_optimizer(params, spec)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, n_steps, spec))
-    pad = clf.tokenizer.pad_token_id
     n_mb = spec.batch_size // spec.micro_batch_size
     loss_sum = 0.0
     for step in range(n_steps):
@@ -115,9 +138,8 @@ def train(clf: Classifier, seqs: list[list[int]], labels: list[int], spec: Train
         losses: dict[int, float] = {}
         for mb in mine:
             idx = batch[mb * spec.micro_batch_size: (mb + 1) * spec.micro_batch_size]
-            ids, mask = pad_batch([seqs[i] for i in idx], pad, clf.device)
             y = torch.tensor([labels[i] for i in idx], device=clf.device)
-            logits = clf.logits(ids, mask)
+            logits = batch_logits(clf, [seqs[i] for i in idx])
             loss = F.cross_entropy(logits, y, reduction="sum") / spec.batch_size
             if group.size > 1:
                 opt.zero_grad(set_to_none=True)
@@ -141,11 +163,9 @@ def train(clf: Classifier, seqs: list[list[int]], labels: list[int], spec: Train
 def predict(clf: Classifier, seqs: list[list[int]], batch_size: int, group: Comm) -> tuple[np.ndarray, np.ndarray]:
     """Predicted labels and the logit margin (label 1 minus label 0), in fixed batches shared by rank."""
     n_batches = math.ceil(len(seqs) / batch_size)
-    pad = clf.tokenizer.pad_token_id
     out: dict[int, np.ndarray] = {}
     for b in my_share(group, n_batches):
-        ids, mask = pad_batch(seqs[b * batch_size: (b + 1) * batch_size], pad, clf.device)
-        out[b] = clf.logits(ids, mask).cpu().numpy()
+        out[b] = batch_logits(clf, seqs[b * batch_size: (b + 1) * batch_size]).cpu().numpy()
     allb = share_indexed(group, out)
     logits = np.concatenate([allb[b] for b in range(n_batches)]) if n_batches else np.zeros((0, 2))
     return logits.argmax(axis=1), logits[:, 1] - logits[:, 0]
