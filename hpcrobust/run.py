@@ -74,11 +74,6 @@ def run_config(cfg: SweepConfig, quiet: bool = False, source: str = "config") ->
     try:
         if w.rank == 0:
             clean_stale(out)
-        from hpcrobust.store.writer import mpio_available
-
-        writer_kind = "parallel HDF5 (mpio)" if w.size > 1 and mpio_available() else "gathered to rank 0"
-        logmod.log(f"{w.size} rank(s) in {layout.n_groups} group(s); device {layout.device},"
-                   f" {layout.threads} thread(s) per rank; results writer: {writer_kind}")
         return _guarded(layout.world, lambda: _work(cfg, layout, task, out, family, builtin_sizes, quiet, source))
     finally:
         lock.release()
@@ -93,6 +88,12 @@ def _work(cfg, layout, task, out: Path, family, builtin_sizes, quiet: bool, sour
         family.ensure_built(cfg.family, sizes, show_progress=not quiet)
     layout.world.barrier()
     agree(layout.world, _from(source, lambda: check_attacks_with_tokenizers(cfg)))
+    from hpcrobust.store.writer import mpio_available
+
+    w = layout.world
+    writer_kind = "parallel HDF5 (mpio)" if w.size > 1 and mpio_available() else "gathered to rank 0"
+    logmod.log(f"{w.size} rank(s) in {layout.n_groups} group(s); device {layout.device},"
+               f" {layout.threads} thread(s) per rank; results writer: {writer_kind}")
     Sweep(cfg, layout, task, out).run()
     layout.world.barrier()
     logmod.log(f"done: {out}")

@@ -34,9 +34,10 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 class ScoringEngine:
-    def __init__(self, clf: Classifier, chunk: int, max_cached_examples: int = 64) -> None:
+    def __init__(self, clf: Classifier, chunk: int, max_cached_examples: int = 64, use_cache: bool = True) -> None:
         self.clf = clf
         self.chunk = chunk
+        self.use_cache = use_cache  # False only to measure what the cache saves (benchmarks)
         self.fit = chunk  # largest sub-batch known to fit in memory
         self._prefix: dict[int, tuple] = {}
         self._after: dict[int, torch.Tensor] = {}
@@ -50,6 +51,8 @@ class ScoringEngine:
         Its FLOPs are counted once per example, by the rank that leads it (`count=True`); a rank that
         recomputes it to help score another rank's example, or after evicting it, does not count.
         """
+        if not self.use_cache:
+            return ()
         if key not in self._prefix:
             if len(self._prefix) >= self.max_cached:
                 self._prefix.pop(next(iter(self._prefix)))
@@ -70,6 +73,17 @@ class ScoringEngine:
         if key not in self._after:
             self._after[key] = torch.tensor(list(enc.after), dtype=torch.long, device=self.clf.device)
         return self._after[key]
+
+    def before_ids(self, enc: Encoded) -> torch.Tensor:
+        """Tokens before the attack that the model must run itself: none when they are cached."""
+        toks = [] if self.use_cache else list(enc.before)
+        return torch.tensor(toks, dtype=torch.long, device=self.clf.device)
+
+    def tails(self, key: int, enc: Encoded, cands: torch.Tensor) -> torch.Tensor:
+        """What each candidate row feeds the model on top of the cache: [before] + attack + after."""
+        b = cands.shape[0]
+        parts = [self.before_ids(enc).expand(b, -1), cands, self.after_ids(key, enc).expand(b, -1)]
+        return torch.cat([p for p in parts if p.shape[1]], dim=1)
 
     # ------------------------------------------------------------ scoring
     @torch.no_grad()
@@ -94,10 +108,8 @@ class ScoringEngine:
     def score_chunk(self, key: int, enc: Encoded, cands: np.ndarray) -> Scores:
         """Score one chunk (at most `self.chunk` candidates) of attack token rows for one example."""
         prefix = self.prefix(key, enc)
-        after = self.after_ids(key, enc)
         c = torch.as_tensor(cands, dtype=torch.long, device=self.clf.device)
-        tails = torch.cat([c, after.expand(c.shape[0], -1)], dim=1) if after.numel() else c
-        losses, flipped = self._score_rows(prefix, tails, enc.label)
+        losses, flipped = self._score_rows(prefix, self.tails(key, enc, c), enc.label)
         return Scores(losses.double().cpu().numpy(), flipped.cpu().numpy())
 
     def n_chunks(self, n_candidates: int) -> int:

@@ -62,8 +62,9 @@ class GCG(Attack):
         one_hot = torch.zeros(len(st.tokens), w.shape[0], dtype=w.dtype, device=w.device)
         one_hot[torch.arange(len(st.tokens)), torch.as_tensor(st.tokens, device=w.device)] = 1
         one_hot.requires_grad_(True)
+        before = clf.embedding(engine.before_ids(st.enc))
         after = clf.embedding(engine.after_ids(st.i, st.enc))
-        tail = torch.cat([one_hot @ w, after], dim=0)[None]
+        tail = torch.cat([before, one_hot @ w, after], dim=0)[None]
         loss = wrong_label_loss(clf.logits_cached(prefix, tail_embeds=tail), st.enc.label).sum()
         (grad,) = torch.autograd.grad(loss, one_hot)
         return grad

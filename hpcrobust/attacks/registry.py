@@ -39,6 +39,12 @@ def check_attacks(cfg: SweepConfig, vocab_sizes: list[int]) -> None:
         if a.type == "beast" and a.n_iterations != a.n_attack_tokens:
             raise UserError(f"{key}: BEAST grows the attack one token per iteration, so n_iterations"
                             f" ({a.n_iterations}) must equal n_attack_tokens ({a.n_attack_tokens})")
+        if a.type == "beast":
+            sampler_builtin = sampler_model(a).name_or_path.startswith("builtin:")
+            for m in cfg.models:
+                if m.name_or_path.startswith("builtin:") != sampler_builtin:
+                    raise UserError(f"{key}: the sampler '{sampler_model(a).name_or_path}' has a different tokenizer"
+                                    f" from the victim '{m.name_or_path}'; BEAST needs one shared vocabulary")
         if a.ensemble and a.type != "gcg":
             raise UserError(f"{key}: ensemble is a GCG option")
 
