@@ -99,7 +99,8 @@ class AttackConfig:
     branching: int = _f(8, lo=1, doc="BEAST: tokens sampled per beam (k2)")
     sampler: str = _f("", doc="BEAST: causal LM that proposes tokens (default: smallest built-in size)")
     ensemble: bool = _f(False, doc="GCG: one suffix for all sizes of a seed, losses summed across sizes")
-    early_stop: bool = _f(True, doc="stop an example once its label flips")
+    early_stop: bool = _f(True, doc="GCG/BEAST: stop an example once its label flips (RandomToken always"
+                          " stops)")
 
 
 @dataclass

@@ -125,6 +125,9 @@ class Sweep:
         pred, _ = predict(clf, val, self.cfg.finetune.eval_batch_size, lay.group)
         labels = np.array([e.label for e in self.task.val])
         scalars["clean_accuracy"] = float((pred == labels).mean())
+        log(f"{run.key} round {rnd}: clean accuracy {scalars['clean_accuracy']:.3f}"
+            f" train loss {scalars.get('train_loss', float('nan')):.3f} ({time.time() - t0:.1f}s)",
+            all_ranks=lay.is_group_leader)
         arrays: dict[str, np.ndarray] = {}
         for a in self.cfg.attacks:
             res = evaluate_attack(a, clf, lay.group, run.seed, run.key, rnd, self.task.val, pred,
@@ -136,8 +139,6 @@ class Sweep:
             self.save_checkpoint(clf, run, rnd)
         wall = lay.group.allreduce_max(time.time() - t0)
         scalars.update(wall_time=wall, n_params=clf.n_params, pretrain_flops=float(clf.pretrain_flops))
-        log(f"{run.key} round {rnd}: clean accuracy {scalars['clean_accuracy']:.3f}"
-            f" loss {scalars.get('train_loss', float('nan')):.3f} ({wall:.1f}s)", all_ranks=lay.is_group_leader)
         if not lay.is_group_leader:
             return None
         m = self.cfg.models[run.model_index]

@@ -90,7 +90,8 @@ class Attack(ABC):
         best = int(np.argmin(sc.losses))
         st.best_loss = float(sc.losses[best])
         if sc.flipped[best]:
-            st.done, st.first_success = True, 0
+            st.first_success = 0
+            st.done = self.cfg.early_stop
 
     @abstractmethod
     def propose(self, st: ExampleState, step: int, engine: ScoringEngine) -> np.ndarray: ...

@@ -125,7 +125,8 @@ class Beast(Attack):
         st.extra["beams"] = cands[keep]
         best = int(order[0])
         st.best_loss, st.tokens = float(sc.losses[best]), cands[best].copy()
-        if sc.flipped[best]:
-            st.done, st.first_success = True, step + 1
+        if sc.flipped[best] and st.first_success < 0:
+            st.first_success = step + 1
+            st.done = self.cfg.early_stop
         if st.done or step + 1 >= self.n_steps:
             self._lead.pop(st.i, None)

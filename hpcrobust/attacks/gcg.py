@@ -97,6 +97,7 @@ class GCG(Attack):
             buf.append((loss, cands[best].copy()))
             buf.sort(key=lambda x: x[0])
         st.best_loss, st.tokens = buf[0][0], buf[0][1].copy()
-        if sc.flipped[best]:
-            st.done, st.first_success = True, step + 1
+        if sc.flipped[best] and st.first_success < 0:
+            st.first_success = step + 1
             st.tokens, st.best_loss = cands[best].copy(), loss
+            st.done = self.cfg.early_stop

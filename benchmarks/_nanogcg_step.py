@@ -1,0 +1,39 @@
+"""nanoGCG's side of benchmarks/gcg_step.py; runs inside nanoGCG's own environment (transformers<=4.47).
+
+Reads a JSON spec on argv[1], prints {"seconds_per_step": ...} as JSON. No hpcrobust import here.
+"""
+
+import json
+import sys
+import time
+
+import torch
+from nanogcg import GCGConfig
+from nanogcg.gcg import GCG
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    torch.set_num_threads(spec["threads"])
+    # transformers 4.47 does not know the v5 tokenizer class or rope_parameters: build both explicitly.
+    tok = PreTrainedTokenizerFast(tokenizer_file=spec["tokenizer_file"], eos_token="<|endoftext|>",
+                                  bos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tok.chat_template = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+    cfg = GPTNeoXConfig.from_pretrained(spec["model"], rotary_pct=1.0, partial_rotary_factor=1.0)
+    model = GPTNeoXForCausalLM.from_pretrained(spec["model"], config=cfg, torch_dtype=torch.float32).eval()
+
+    def timed(steps: int) -> float:
+        gcg_cfg = GCGConfig(num_steps=steps, optim_str_init=spec["init"], search_width=spec["search_width"],
+                            topk=spec["topk"], early_stop=False, use_prefix_cache=True, seed=0, verbosity="ERROR")
+        t0 = time.perf_counter()
+        GCG(model, tok, gcg_cfg).run(spec["prompt"] + "{optim_str}" + spec["after"], spec["target"])
+        return time.perf_counter() - t0
+
+    timed(2)  # warm-up
+    short, long = timed(spec["steps"]), timed(2 * spec["steps"])
+    print(json.dumps({"seconds_per_step": (long - short) / spec["steps"]}))
+
+
+if __name__ == "__main__":
+    main()
