@@ -52,6 +52,7 @@ class ModelConfig:
     rounds: int = _f(-1, lo=-1, doc="adversarial rounds for this size (-1 = advtrain.rounds)")
     lr_scale: float = _f(1.0, lo=0.0, doc="multiplies finetune.lr and advtrain.lr for this size (small models"
                          " want larger steps)")
+    random_token_defense: int = _f(-1, lo=-1, doc="this size's baseline defense (-1 = finetune.random_token_defense)")
     label: str = _f("", doc="short name in the results (default: derived from name_or_path)")
 
 
@@ -78,7 +79,8 @@ class FinetuneConfig:
     optimizer: str = _f("adamw", choices=("adamw", "adafactor"), doc="optimizer")
     weight_decay: float = _f(0.0, lo=0.0, doc="AdamW weight decay")
     eval_batch_size: int = _f(64, lo=1, doc="examples per forward when measuring accuracy")
-    random_token_defense: int = _f(0, lo=0, doc="baseline defense: this many random tokens in the attack slot")
+    random_token_defense: int = _f(0, lo=0, doc="baseline defense (off at 0): this many random tokens in the"
+                                   " attack position of half the fine-tuning examples")
 
 
 @dataclass
@@ -315,6 +317,10 @@ def _validate(cfg: SweepConfig) -> None:
         names = [a.name for a in getattr(cfg, group)]
         if len(set(names)) != len(names):
             raise UserError(f"{group}: attack names repeat")
+    for i, m in enumerate(cfg.models):
+        if m.rounds > cfg.advtrain.rounds:
+            raise UserError(f"models.{i}.rounds: {m.rounds} rounds, but the training-attack schedule"
+                            f" (advtrain.rounds) only has {cfg.advtrain.rounds}")
     if cfg.advtrain.rounds > 0 or any(m.rounds > 0 for m in cfg.models):
         names = [a.name for a in cfg.train_attacks]
         if cfg.advtrain.attack not in names:

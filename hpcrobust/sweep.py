@@ -7,6 +7,7 @@ sweep was interrupted or not, so a resumed sweep stores exactly what an uninterr
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -17,12 +18,12 @@ import numpy as np
 
 from hpcrobust import __version__
 from hpcrobust.attacks.registry import evaluate_attack
-from hpcrobust.config import SweepConfig, model_label, science_hash, to_yaml
+from hpcrobust.config import ModelConfig, SweepConfig, model_label, science_hash, to_yaml
 from hpcrobust.errors import RankFailure
 from hpcrobust.log import log
 from hpcrobust.models.classifier import Classifier
 from hpcrobust.models.flops import FlopCount
-from hpcrobust.models.loading import load_classifier, save_classifier
+from hpcrobust.models.loading import count_parameters, load_classifier, save_classifier
 from hpcrobust.parallel.collectives import broadcast_from_root
 from hpcrobust.parallel.layout import Layout
 from hpcrobust.preflight import RunSpec, plan_runs
@@ -30,7 +31,13 @@ from hpcrobust.store import reader, writer
 from hpcrobust.store.schema import FORMAT, SCHEMA_VERSION, Record, attack_arrays, round_path, run_path
 from hpcrobust.tasks import TaskData
 from hpcrobust.tasks.placement import clean_ids
+from hpcrobust.training.adversarial import adversarial_round, equal_compute_rounds, scheduled_iterations
+from hpcrobust.training.finetune import finetune_sequences
+from hpcrobust.training.pool import Pool
 from hpcrobust.training.trainer import TrainSpec, predict, train
+
+POOL_FILE = "adversarial_pool.npz"
+STATE_FILE = "hpcrobust_state.json"
 
 
 @dataclass
@@ -42,6 +49,9 @@ class Sweep:
 
     def __post_init__(self) -> None:
         self.runs = plan_runs(self.cfg)
+        if self.cfg.advtrain.equal_compute:
+            sizes = [count_parameters(m, self.cfg.family) for m in self.cfg.models]
+            self.equal_rounds = equal_compute_rounds(self.cfg.advtrain.rounds, sizes)
         self.ckpt_root = Path(str(self.out) + ".ckpt")
         self.header = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "hpcrobust_version": __version__,
                        "config": to_yaml(self.cfg), "science_hash": science_hash(self.cfg)}
@@ -49,7 +59,11 @@ class Sweep:
     # ------------------------------------------------------------ plan
     def n_rounds(self, run: RunSpec) -> int:
         m = self.cfg.models[run.model_index]
-        return m.rounds if m.rounds >= 0 else self.cfg.advtrain.rounds
+        if m.rounds >= 0:
+            return m.rounds
+        if self.cfg.advtrain.equal_compute:
+            return self.equal_rounds[run.model_index]
+        return self.cfg.advtrain.rounds
 
     def checkpoint_dir(self, run: RunSpec, r: int) -> Path:
         return self.ckpt_root / run.key / f"round_{r:04d}"
@@ -107,27 +121,19 @@ class Sweep:
     def run_round(self, run: RunSpec, rnd: int) -> Record | None:
         t0 = time.time()
         lay = self.layout
+        m = self.cfg.models[run.model_index]
         clf = self.load_model(run, rnd)
-        start = clf.meter.total.snapshot()
-        scalars: dict[str, float] = {}
         if rnd == 0:
-            ft = self.cfg.finetune
-            scale = self.cfg.models[run.model_index].lr_scale
-            spec = TrainSpec(ft.epochs, ft.lr * scale, ft.batch_size, ft.micro_batch_size, ft.warmup_frac, ft.schedule,
-                             ft.optimizer, ft.weight_decay)
-            seqs = [clean_ids(clf.tokenizer, e, self.cfg.task.max_content_tokens) for e in self.task.train]
-            res = train(clf, seqs, [e.label for e in self.task.train], spec, lay.group, run.seed,
-                        (run.key, "finetune"))
-            spent = self.group_flops(clf.meter.total.since(start))
-            scalars.update(train_loss=res.mean_loss, flops_nominal=spent.nominal, flops_actual=spent.actual,
-                           finetune_flops=spent.nominal, defense_flops=0.0, defense_flops_cum=0.0)
-        val = [clean_ids(clf.tokenizer, e, self.cfg.task.max_content_tokens) for e in self.task.val]
-        pred, _ = predict(clf, val, self.cfg.finetune.eval_batch_size, lay.group)
-        labels = np.array([e.label for e in self.task.val])
-        scalars["clean_accuracy"] = float((pred == labels).mean())
-        log(f"{run.key} round {rnd}: clean accuracy {scalars['clean_accuracy']:.3f}"
-            f" train loss {scalars.get('train_loss', float('nan')):.3f} ({time.time() - t0:.1f}s)",
-            all_ranks=lay.is_group_leader)
+            pool, scalars = Pool(), self._finetune(clf, run, m)
+        else:
+            prev = self.checkpoint_dir(run, rnd - 1)
+            pool = Pool.load(prev / POOL_FILE)
+            prev_cum = json.loads((prev / STATE_FILE).read_text())["defense_flops_cum"]
+            scalars = self._adversarial(clf, run, m, rnd, pool, prev_cum)
+        pred, acc = self._clean_accuracy(clf)
+        scalars["clean_accuracy"] = acc
+        log(f"{run.key} round {rnd}: clean accuracy {acc:.3f} train loss {scalars['train_loss']:.3f}"
+            f" ({time.time() - t0:.1f}s)", all_ranks=lay.is_group_leader)
         arrays: dict[str, np.ndarray] = {}
         for a in self.cfg.attacks:
             res = evaluate_attack(a, clf, lay.group, run.seed, run.key, rnd, self.task.val, pred,
@@ -136,21 +142,57 @@ class Sweep:
             log(f"{run.key} round {rnd}: {a.name} ASR {res.asr[-1]:.3f} after {len(res.asr) - 1} iterations"
                 f" ({res.wall_time:.1f}s)", all_ranks=lay.is_group_leader)
         if lay.is_group_leader:
-            self.save_checkpoint(clf, run, rnd)
+            self.save_checkpoint(clf, run, rnd, pool, scalars["defense_flops_cum"])
         wall = lay.group.allreduce_max(time.time() - t0)
         scalars.update(wall_time=wall, n_params=clf.n_params, pretrain_flops=float(clf.pretrain_flops))
         if not lay.is_group_leader:
             return None
-        m = self.cfg.models[run.model_index]
         return Record(path=round_path(run.key, rnd), attrs={"round": rnd}, scalars=scalars, arrays=arrays,
                       parent_attrs={run_path(run.key): {
                           "model": m.name_or_path, "model_label": run.key.split("__seed")[0],
-                          "seed": run.seed, "task": self.cfg.task.name, "run_index": run.index}})
+                          "seed": run.seed, "task": self.cfg.task.name, "run_index": run.index,
+                          "rounds": self.n_rounds(run)}})
 
-    def save_checkpoint(self, clf: Classifier, run: RunSpec, rnd: int) -> None:
+    def _finetune(self, clf: Classifier, run: RunSpec, m: ModelConfig) -> dict[str, float]:
+        ft = self.cfg.finetune
+        start = clf.meter.total.snapshot()
+        spec = TrainSpec(ft.epochs, ft.lr * m.lr_scale, ft.batch_size, ft.micro_batch_size, ft.warmup_frac,
+                         ft.schedule, ft.optimizer, ft.weight_decay)
+        n_random = m.random_token_defense if m.random_token_defense >= 0 else ft.random_token_defense
+        seqs = finetune_sequences(clf, self.task, self.cfg.task.max_content_tokens, n_random, run.seed, run.key)
+        res = train(clf, seqs, [e.label for e in self.task.train], spec, self.layout.group, run.seed,
+                    (run.key, "finetune"))
+        spent = self.group_flops(clf.meter.total.since(start))
+        return {"train_loss": res.mean_loss, "flops_nominal": spent.nominal, "flops_actual": spent.actual,
+                "finetune_flops": spent.nominal, "defense_flops": 0, "defense_flops_cum": 0,
+                "train_attack_iterations": 0, "train_attack_success": float("nan"), "n_adversarial": 0,
+                "n_clean": len(seqs)}
+
+    def _adversarial(self, clf: Classifier, run: RunSpec, m: ModelConfig, rnd: int, pool: Pool,
+                     prev_cum: int) -> dict[str, float]:
+        out = adversarial_round(clf, self.cfg, self.task, pool, run.key, run.seed, rnd, m.lr_scale,
+                                self.layout.group)
+        spent = self.group_flops(out.train_flops)
+        defense = out.attack_flops.nominal + spent.nominal
+        return {"train_loss": out.train_loss, "flops_nominal": spent.nominal, "flops_actual": spent.actual,
+                "finetune_flops": 0, "defense_flops": defense, "defense_flops_cum": prev_cum + defense,
+                "train_attack_iterations": scheduled_iterations(self.cfg, rnd),
+                "train_attack_success": out.attack_success, "n_adversarial": out.n_adversarial,
+                "n_clean": out.n_clean}
+
+    def _clean_accuracy(self, clf: Classifier) -> tuple[np.ndarray, float]:
+        val = [clean_ids(clf.tokenizer, e, self.cfg.task.max_content_tokens) for e in self.task.val]
+        pred, _ = predict(clf, val, self.cfg.finetune.eval_batch_size, self.layout.group)
+        labels = np.array([e.label for e in self.task.val])
+        return pred, float((pred == labels).mean())
+
+    def save_checkpoint(self, clf: Classifier, run: RunSpec, rnd: int, pool: Pool, defense_cum: int) -> None:
+        """Model, adversarial pool and cumulative defense compute: all a later round needs to resume."""
         final = self.checkpoint_dir(run, rnd)
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         save_classifier(clf, tmp)
+        pool.save(tmp / POOL_FILE)
+        (tmp / STATE_FILE).write_text(json.dumps({"defense_flops_cum": int(defense_cum)}))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)

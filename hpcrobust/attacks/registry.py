@@ -85,11 +85,12 @@ def check_attacks_with_tokenizers(cfg: SweepConfig) -> None:
 
 
 def make_attack(a: AttackConfig, seed: int, run_key: str, rnd: int, clf: Classifier, chunk: int,
-                fam: FamilyConfig) -> Attack:
+                fam: FamilyConfig, purpose: str = "eval") -> Attack:
+    """`purpose` keeps the streams of training attacks apart from those of evaluation attacks."""
     if a.type == "random_token":
         # Not keyed by the run: every model size scores the same candidates.
-        return RandomToken(a, seed, (rnd, a.name), clf.tokenizer, chunk)
-    key = (run_key, rnd, a.name)
+        return RandomToken(a, seed, (purpose, rnd, a.name), clf.tokenizer, chunk)
+    key = (purpose, run_key, rnd, a.name)
     if a.type == "gcg":
         return GCG(a, seed, key, clf.tokenizer)
     from hpcrobust.models.loading import resolve

@@ -142,3 +142,16 @@ def save_classifier(clf: Classifier, out: Path) -> None:
     clf.model.save_pretrained(out, safe_serialization=True)
     clf.tokenizer.save_pretrained(out)
     (out / META_FILE).write_text(json.dumps({"pretrain_flops": clf.pretrain_flops, "source": clf.name}))
+
+
+def count_parameters(m: ModelConfig, fam: FamilyConfig) -> int:
+    """Parameters of the classifier, from its config alone (no weights are read)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    _quiet_transformers()
+    r = resolve(m, fam)
+    cfg = AutoConfig.from_pretrained(r.path, local_files_only=True, trust_remote_code=m.trust_remote_code,
+                                     revision=m.revision or None, num_labels=2)
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(cfg, trust_remote_code=m.trust_remote_code)
+    return sum(p.numel() for p in model.parameters())

@@ -160,12 +160,25 @@ def train(clf: Classifier, seqs: list[list[int]], labels: list[int], spec: Train
 
 
 @torch.no_grad()
-def predict(clf: Classifier, seqs: list[list[int]], batch_size: int, group: Comm) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted labels and the logit margin (label 1 minus label 0), in fixed batches shared by rank."""
+def all_logits(clf: Classifier, seqs: list[list[int]], batch_size: int, group: Comm) -> np.ndarray:
+    """Logits [n, 2] in fixed batches; the group's ranks take batches round-robin and share them."""
     n_batches = math.ceil(len(seqs) / batch_size)
     out: dict[int, np.ndarray] = {}
     for b in my_share(group, n_batches):
         out[b] = batch_logits(clf, seqs[b * batch_size: (b + 1) * batch_size]).cpu().numpy()
     allb = share_indexed(group, out)
-    logits = np.concatenate([allb[b] for b in range(n_batches)]) if n_batches else np.zeros((0, 2))
+    return np.concatenate([allb[b] for b in range(n_batches)]) if n_batches else np.zeros((0, 2))
+
+
+def predict(clf: Classifier, seqs: list[list[int]], batch_size: int, group: Comm) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted labels and the logit margin (label 1 minus label 0)."""
+    logits = all_logits(clf, seqs, batch_size, group)
     return logits.argmax(axis=1), logits[:, 1] - logits[:, 0]
+
+
+def example_losses(clf: Classifier, seqs: list[list[int]], labels: list[int], batch_size: int,
+                   group: Comm) -> np.ndarray:
+    """Cross-entropy of each sequence toward its true label."""
+    logits = torch.from_numpy(all_logits(clf, seqs, batch_size, group)).double()
+    y = torch.tensor(labels, dtype=torch.long)
+    return F.cross_entropy(logits, y, reduction="none").numpy() if len(labels) else np.zeros(0)
