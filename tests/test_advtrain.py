@@ -61,7 +61,7 @@ def test_rounds_metrics_and_cumulative_defense_flops(tiny):
     proc = run_cli(["run", str(tiny), *ADV], cwd=tiny.parent)
     assert proc.returncode == 0, proc.stderr
     df = load(tiny.parent / "out.h5")
-    for run, g in df.groupby("run"):
+    for _run, g in df.groupby("run"):
         g = g.sort_values("round")
         assert list(g["round"]) == [0, 1, 2, 3]
         assert list(g.train_attack_iterations) == [0, 4, 8, 12]
