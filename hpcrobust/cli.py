@@ -42,7 +42,32 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help=CONFIG_HELP)
     run.add_argument("overrides", nargs="*", metavar="key.sub=value", help=OVERRIDE_HELP)
     run.add_argument("--quiet", action="store_true", help="no log lines and no progress bar")
+    _add_launch_commands(sub)
     return p
+
+
+def _add_launch_commands(sub) -> None:
+    """`submit` and `sbatch` (hpcrobust.launch): the same sweep, handed to SLURM."""
+    submit = sub.add_parser("submit", help="submit the sweep with submitit (SLURM; local/debug to try it)",
+                            description="Submit the sweep with submitit. SLURM resources come from the config's"
+                            " launch.* keys; each SLURM task is one MPI rank. Prints the job ids and the log"
+                            " folder. A preempted or timed-out job stops after its next committed round and"
+                            " requeues; submitting the same command again also resumes. Exit 2: a bad config"
+                            " or SLURM refused the job (one line).")
+    submit.add_argument("config", help=CONFIG_HELP)
+    submit.add_argument("overrides", nargs="*", metavar="key.sub=value", help=OVERRIDE_HELP)
+    submit.add_argument("--cluster", choices=("slurm", "local", "debug"), default="slurm",
+                        help="slurm (default); local: a subprocess here; debug: in this process")
+    submit.add_argument("--dry-run", action="store_true", help="print the sbatch script and parameters only")
+    submit.add_argument("--wait", action="store_true", help="slurm: wait for the job(s) to end (local and"
+                        " debug always wait); exit 1 if one failed")
+    sbatch = sub.add_parser("sbatch", help="print a plain sbatch script (srun + mpi4py) from slurm_templates/",
+                            description="Print a ready sbatch script for CONFIG, rendered from slurm_templates/"
+                            " with every value shell-quoted; for clusters used without submitit.")
+    sbatch.add_argument("config", help=CONFIG_HELP)
+    sbatch.add_argument("overrides", nargs="*", metavar="key.sub=value", help=OVERRIDE_HELP)
+    sbatch.add_argument("--template", default="", help="template file or name in slurm_templates/ (default:"
+                        " sweep.sbatch, or sweep_array.sbatch with launch.array_over)")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -51,14 +76,31 @@ def _run(args: argparse.Namespace) -> int:
     return run_command(args.config, args.overrides, quiet=args.quiet)
 
 
+def _submit(args: argparse.Namespace) -> int:
+    from hpcrobust.launch.commands import submit_command
+
+    return submit_command(args.config, args.overrides, args.cluster, args.dry_run, args.wait)
+
+
+def _sbatch(args: argparse.Namespace) -> int:
+    from hpcrobust.launch.commands import sbatch_command
+
+    return sbatch_command(args.config, args.overrides, args.template)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # overrides given after an option (`run cfg --quiet a.b=1`)
+            if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            args.overrides = [*args.overrides, *extra]
         if args.command is None:
             build_parser().print_help()
             return 2
-        handler = {"run": _run}[args.command]
+        handler = {"run": _run, "submit": _submit, "sbatch": _sbatch}[args.command]
         return handler(args)
     except UserError as exc:
         print(f"hpcrobust: error: {exc}", file=sys.stderr)

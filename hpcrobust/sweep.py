@@ -26,9 +26,16 @@ from hpcrobust.models.flops import FlopCount
 from hpcrobust.models.loading import count_parameters, load_classifier, save_classifier
 from hpcrobust.parallel.collectives import broadcast_from_root
 from hpcrobust.parallel.layout import Layout
+from hpcrobust.phases import (
+    RoundState,
+    ensemble_phase,
+    share_random_tokens,
+    table_digest,
+    transfer_phase,
+)
 from hpcrobust.preflight import RunSpec, plan_runs
 from hpcrobust.store import reader, writer
-from hpcrobust.store.schema import FORMAT, SCHEMA_VERSION, Record, attack_arrays, round_path, run_path
+from hpcrobust.store.schema import FORMAT, SCHEMA_VERSION, Record, round_path, run_path, text_array
 from hpcrobust.tasks import TaskData
 from hpcrobust.tasks.placement import clean_ids
 from hpcrobust.training.adversarial import adversarial_round, equal_compute_rounds, scheduled_iterations
@@ -81,21 +88,22 @@ class Sweep:
             bar = tqdm(total=total, initial=already, desc="sweep", unit="round", dynamic_ncols=True)
         max_round = max(self.n_rounds(r) for r in self.runs)
         for rnd in range(max_round + 1):
+            active = [r for r in self.runs if rnd <= self.n_rounds(r)]
+            if all(rnd in done.get(r.key, set()) for r in active):
+                continue  # committed (with its transfer matrix) in an earlier attempt
             if self.cfg.debug.fail_rank == lay.world.rank and self.cfg.debug.fail_round == rnd:
                 raise RankFailure(f"injected failure on rank {lay.world.rank} in round {rnd} (debug.fail_rank)")
-            mine: list[Record] = []
-            for i in lay.runs_of_group(len(self.runs)):
-                run = self.runs[i]
-                if rnd > self.n_rounds(run) or rnd in done.get(run.key, set()):
-                    continue
-                rec = self.run_round(run, rnd)
-                if rec is not None:
-                    mine.append(rec)
-            n = writer.commit(lay.world, self.out, self.header, mine)
+            tables = share_random_tokens(self.cfg, lay, rnd)
+            held = {i: self.run_round(self.runs[i], rnd, tables)
+                    for i in lay.runs_of_group(len(self.runs)) if self.runs[i] in active}
+            ensemble_phase(self.cfg, lay, rnd, active, held, self.task.val)
+            transfer = transfer_phase(self.cfg, lay, rnd, active, held, self.task.val)
+            mine = [self.record(st, rnd) for st in held.values()] if lay.is_group_leader else []
+            n = writer.commit(lay.world, self.out, self.header, mine + ([transfer] if transfer else []))
             if bar is not None:
-                bar.update(n)
+                bar.update(len(active))
             if n:
-                log(f"round {rnd}: committed {n} run(s) to {self.out}")
+                log(f"round {rnd}: committed {len(active)} run(s) to {self.out}")
             if self.cfg.debug.stop_after_round == rnd:
                 raise SystemExit(3)
         if bar is not None:
@@ -118,7 +126,8 @@ class Sweep:
             total.add(part)
         return total
 
-    def run_round(self, run: RunSpec, rnd: int) -> Record | None:
+    def run_round(self, run: RunSpec, rnd: int, tables: dict) -> RoundState:
+        """Train (or fine-tune) and evaluate one run for one round, on the ranks of its group."""
         t0 = time.time()
         lay = self.layout
         m = self.cfg.models[run.model_index]
@@ -134,24 +143,35 @@ class Sweep:
         scalars["clean_accuracy"] = acc
         log(f"{run.key} round {rnd}: clean accuracy {acc:.3f} train loss {scalars['train_loss']:.3f}"
             f" ({time.time() - t0:.1f}s)", all_ranks=lay.is_group_leader)
-        arrays: dict[str, np.ndarray] = {}
+        labels = np.array([e.label for e in self.task.val])
+        state = RoundState(run, clf, pred == labels, scalars)
         for a in self.cfg.attacks:
+            if a.ensemble:
+                continue  # run with every size at once, in the ensemble phase
+            table = tables.get((run.seed, a.name))
             res = evaluate_attack(a, clf, lay.group, run.seed, run.key, rnd, self.task.val, pred,
-                                  self.cfg.parallel.score_chunk, self.cfg.family, self.cfg.task.max_content_tokens)
-            arrays.update(attack_arrays(res))
+                                  self.cfg.parallel.score_chunk, self.cfg.family, self.cfg.task.max_content_tokens,
+                                  rt_table=table)
+            state.add(res)
+            if a.type == "random_token":
+                shared = table is not None
+                state.arrays[f"attacks/{a.name}/shared_candidates"] = np.int64(shared)
+                state.arrays[f"attacks/{a.name}/candidates_sha256"] = text_array(
+                    [table_digest(table) if shared else ""])
             log(f"{run.key} round {rnd}: {a.name} ASR {res.asr[-1]:.3f} after {len(res.asr) - 1} iterations"
                 f" ({res.wall_time:.1f}s)", all_ranks=lay.is_group_leader)
         if lay.is_group_leader:
             self.save_checkpoint(clf, run, rnd, pool, scalars["defense_flops_cum"])
-        wall = lay.group.allreduce_max(time.time() - t0)
-        scalars.update(wall_time=wall, n_params=clf.n_params, pretrain_flops=float(clf.pretrain_flops))
-        if not lay.is_group_leader:
-            return None
-        return Record(path=round_path(run.key, rnd), attrs={"round": rnd}, scalars=scalars, arrays=arrays,
+        scalars.update(wall_time=lay.group.allreduce_max(time.time() - t0), n_params=clf.n_params,
+                       pretrain_flops=float(clf.pretrain_flops))
+        return state
+
+    def record(self, st: RoundState, rnd: int) -> Record:
+        run, m = st.run, self.cfg.models[st.run.model_index]
+        return Record(path=round_path(run.key, rnd), attrs={"round": rnd}, scalars=st.scalars, arrays=st.arrays,
                       parent_attrs={run_path(run.key): {
-                          "model": m.name_or_path, "model_label": run.key.split("__seed")[0],
-                          "seed": run.seed, "task": self.cfg.task.name, "run_index": run.index,
-                          "rounds": self.n_rounds(run)}})
+                          "model": m.name_or_path, "model_label": model_label(m), "seed": run.seed,
+                          "task": self.cfg.task.name, "run_index": run.index, "rounds": self.n_rounds(run)}})
 
     def _finetune(self, clf: Classifier, run: RunSpec, m: ModelConfig) -> dict[str, float]:
         ft = self.cfg.finetune

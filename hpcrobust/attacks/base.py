@@ -10,6 +10,7 @@ numbers do not depend on how many there are.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import numpy as np
 from hpcrobust.attacks.engine import Scores, ScoringEngine
 from hpcrobust.config import AttackConfig
 from hpcrobust.models.flops import FlopCount
-from hpcrobust.parallel.collectives import gather_losses, share_indexed
+from hpcrobust.parallel.collectives import gather_losses, ranks_agree, share_indexed
 from hpcrobust.parallel.comm import Comm
 from hpcrobust.tasks.placement import Encoded
 
@@ -100,6 +101,14 @@ class Attack(ABC):
     def update(self, st: ExampleState, step: int, cands: np.ndarray, sc: Scores) -> None: ...
 
 
+def _digest(states: list[ExampleState]) -> str:
+    h = hashlib.sha256()
+    for st in states:
+        h.update(np.asarray(st.tokens, dtype=np.int64).tobytes())
+        h.update(np.array([st.first_success, st.best_loss, st.done], dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
 def _concat(parts: list[Scores]) -> Scores:
     return Scores(np.concatenate([p.losses for p in parts]), np.concatenate([p.flipped for p in parts]))
 
@@ -173,6 +182,8 @@ def run_attack(attack: Attack, engine: ScoringEngine, group: Comm, examples: lis
             attack.update(st, step, cands[st.i], scores[st.i])
         charge(start, attack.step_iterations(step))
 
+    if g > 1 and not ranks_agree(group, _digest(states)):
+        raise RuntimeError(f"ranks of a group diverged in attack {attack.cfg.name}")
     totals = [FlopCount() for _ in range(n_it + 1)]
     for part in group.allgather(buckets):
         for t, c in zip(totals, part, strict=True):

@@ -117,3 +117,8 @@ class ScoringEngine:
 
     def chunk_rows(self, cands: np.ndarray, j: int) -> np.ndarray:
         return cands[j * self.chunk: (j + 1) * self.chunk]
+
+    def score_all(self, key: int, enc: Encoded, cands: np.ndarray) -> Scores:
+        """Any number of candidates, in the engine's fixed chunks."""
+        parts = [self.score_chunk(key, enc, self.chunk_rows(cands, j)) for j in range(self.n_chunks(len(cands)))]
+        return Scores(np.concatenate([p.losses for p in parts]), np.concatenate([p.flipped for p in parts]))

@@ -34,69 +34,92 @@ def initial_tokens(cfg: AttackConfig, tokenizer) -> list[int]:
     raise ValueError("no token of this vocabulary repeats stably; set init_string")
 
 
+def token_gradient(engine: ScoringEngine, key: int, enc, tokens: np.ndarray) -> torch.Tensor:
+    """d(wrong-label loss) / d(one-hot attack tokens), [n_tokens, vocab], on top of the prefix cache."""
+    clf = engine.clf
+    prefix = engine.prefix(key, enc)
+    w = clf.embedding.weight
+    one_hot = torch.zeros(len(tokens), w.shape[0], dtype=w.dtype, device=w.device)
+    one_hot[torch.arange(len(tokens)), torch.as_tensor(tokens, device=w.device)] = 1
+    one_hot.requires_grad_(True)
+    before = clf.embedding(engine.before_ids(enc))
+    after = clf.embedding(engine.after_ids(key, enc))
+    tail = torch.cat([before, one_hot @ w, after], dim=0)[None]
+    loss = wrong_label_loss(clf.logits_cached(prefix, tail_embeds=tail), enc.label).sum()
+    (grad,) = torch.autograd.grad(loss, one_hot)
+    return grad
+
+
+class Buffer:
+    """Best-so-far attack strings, lowest loss first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: list[tuple[float, np.ndarray]] = []
+
+    def offer(self, loss: float, tokens: np.ndarray) -> None:
+        if len(self.items) < self.size or loss < self.items[-1][0]:
+            if len(self.items) >= self.size:
+                self.items.pop()
+            self.items.append((loss, tokens.copy()))
+            self.items.sort(key=lambda x: x[0])
+
+    def best(self) -> tuple[float, np.ndarray]:
+        return self.items[0][0], self.items[0][1].copy()
+
+
+class SwapSampler:
+    """Turns a token gradient into `search_width` single- (or n_replace-) token swaps."""
+
+    def __init__(self, cfg: AttackConfig, tokenizer) -> None:
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.blocked = np.ones(len(tokenizer), dtype=bool)
+        self.blocked[allowed_tokens(tokenizer, ascii_only=True)] = False
+
+    def candidates(self, grad: torch.Tensor, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        g = grad.float().cpu().numpy()
+        g[:, self.blocked[: g.shape[1]]] = np.inf
+        g[:, len(self.blocked):] = np.inf  # embedding rows beyond the tokenizer (padding)
+        k = self.cfg.topk
+        topk = np.argsort(g, axis=1, kind="stable")[:, :k]  # most negative gradient first
+        n, c = len(tokens), self.cfg.search_width
+        n_rep = min(self.cfg.n_replace, n)
+        pos = np.argsort(rng.random((c, n)), axis=1, kind="stable")[:, :n_rep]
+        pick = rng.integers(0, k, size=(c, n_rep))
+        cands = np.repeat(tokens[None, :], c, axis=0)
+        cands[np.arange(c)[:, None], pos] = topk[pos, pick]
+        cands = cands[retokenizes(self.tokenizer, cands)]
+        return cands if len(cands) else tokens[None, :].copy()
+
+
 class GCG(Attack):
     def __init__(self, cfg: AttackConfig, seed: int, key: tuple, tokenizer) -> None:
         super().__init__(cfg, seed, key)
-        self.tokenizer = tokenizer
         self.init = np.array(initial_tokens(cfg, tokenizer), dtype=np.int64)
-        allowed = allowed_tokens(tokenizer, ascii_only=True)
-        self.blocked = np.ones(len(tokenizer), dtype=bool)
-        self.blocked[allowed] = False
+        self.sampler = SwapSampler(cfg, tokenizer)
 
     def start(self, st: ExampleState) -> None:
         st.tokens = self.init.copy()
-        st.extra["buffer"] = []  # (loss, tokens), best first
+        st.extra["buffer"] = Buffer(self.cfg.buffer_size)
 
     def setup(self, st: ExampleState, engine: ScoringEngine) -> np.ndarray:
         return st.tokens[None, :]
 
     def update_setup(self, st: ExampleState, cands: np.ndarray, sc: Scores) -> None:
         super().update_setup(st, cands, sc)
-        st.extra["buffer"] = [(float(sc.losses[0]), cands[0].copy())]
-
-    def token_gradient(self, st: ExampleState, engine: ScoringEngine) -> torch.Tensor:
-        """d(wrong-label loss) / d(one-hot attack tokens), [n_tokens, vocab]."""
-        clf = engine.clf
-        prefix = engine.prefix(st.i, st.enc)
-        w = clf.embedding.weight
-        one_hot = torch.zeros(len(st.tokens), w.shape[0], dtype=w.dtype, device=w.device)
-        one_hot[torch.arange(len(st.tokens)), torch.as_tensor(st.tokens, device=w.device)] = 1
-        one_hot.requires_grad_(True)
-        before = clf.embedding(engine.before_ids(st.enc))
-        after = clf.embedding(engine.after_ids(st.i, st.enc))
-        tail = torch.cat([before, one_hot @ w, after], dim=0)[None]
-        loss = wrong_label_loss(clf.logits_cached(prefix, tail_embeds=tail), st.enc.label).sum()
-        (grad,) = torch.autograd.grad(loss, one_hot)
-        return grad
+        st.extra["buffer"].offer(float(sc.losses[0]), cands[0])
 
     def propose(self, st: ExampleState, step: int, engine: ScoringEngine) -> np.ndarray:
-        grad = self.token_gradient(st, engine).float().cpu().numpy()
-        grad[:, self.blocked[: grad.shape[1]]] = np.inf
-        if grad.shape[1] > len(self.blocked):  # padded embedding rows beyond the tokenizer
-            grad[:, len(self.blocked):] = np.inf
-        k = self.cfg.topk
-        topk = np.argsort(grad, axis=1, kind="stable")[:, :k]  # most negative gradient first
-        n, c = len(st.tokens), self.cfg.search_width
-        rng = stream(self.seed, *self.key, "gcg", st.example, step)
-        n_rep = min(self.cfg.n_replace, n)
-        pos = np.argsort(rng.random((c, n)), axis=1, kind="stable")[:, :n_rep]
-        pick = rng.integers(0, k, size=(c, n_rep))
-        cands = np.repeat(st.tokens[None, :], c, axis=0)
-        rows = np.arange(c)[:, None]
-        cands[rows, pos] = topk[pos, pick]
-        cands = cands[retokenizes(self.tokenizer, cands)]
-        return cands if len(cands) else st.tokens[None, :].copy()
+        grad = token_gradient(engine, st.i, st.enc, st.tokens)
+        return self.sampler.candidates(grad, st.tokens, stream(self.seed, *self.key, "gcg", st.example, step))
 
     def update(self, st: ExampleState, step: int, cands: np.ndarray, sc: Scores) -> None:
         best = int(np.argmin(sc.losses))
         loss = float(sc.losses[best])
-        buf: list = st.extra["buffer"]
-        if len(buf) < self.cfg.buffer_size or loss < buf[-1][0]:
-            if len(buf) >= self.cfg.buffer_size:
-                buf.pop()
-            buf.append((loss, cands[best].copy()))
-            buf.sort(key=lambda x: x[0])
-        st.best_loss, st.tokens = buf[0][0], buf[0][1].copy()
+        buf: Buffer = st.extra["buffer"]
+        buf.offer(loss, cands[best])
+        st.best_loss, st.tokens = buf.best()
         if sc.flipped[best] and st.first_success < 0:
             st.first_success = step + 1
             st.tokens, st.best_loss = cands[best].copy(), loss

@@ -17,11 +17,18 @@ from hpcrobust.config import AttackConfig
 from hpcrobust.rng import stream
 
 
+def draw(allowed: np.ndarray, seed: int, key: tuple, n_tokens: int, example: int, iterations) -> np.ndarray:
+    rows = [stream(seed, *key, "rt", example, it).integers(0, len(allowed), n_tokens) for it in iterations]
+    return allowed[np.stack(rows)]
+
+
 class RandomToken(Attack):
-    def __init__(self, cfg: AttackConfig, seed: int, key: tuple, tokenizer, chunk: int) -> None:
+    def __init__(self, cfg: AttackConfig, seed: int, key: tuple, tokenizer, chunk: int,
+                 table: np.ndarray | None = None) -> None:
         super().__init__(cfg, seed, key)
         self.allowed = allowed_tokens(tokenizer, ascii_only=False)
         self.chunk = chunk
+        self.table = table  # [example, iteration, token], broadcast by world rank 0 (see candidate_table)
 
     @property
     def n_steps(self) -> int:
@@ -30,11 +37,15 @@ class RandomToken(Attack):
     def step_iterations(self, step: int) -> range:
         return range(step * self.chunk + 1, min(self.n_iterations, (step + 1) * self.chunk) + 1)
 
-    def candidates(self, example: int, iterations: range) -> np.ndarray:
+    def candidates(self, example: int, iterations: range | list[int]) -> np.ndarray:
         """Rows for the given iterations; the same rows for any model sharing the vocabulary."""
-        rows = [stream(self.seed, *self.key, "rt", example, it).integers(0, len(self.allowed), self.cfg.n_attack_tokens)
-                for it in iterations]
-        return self.allowed[np.stack(rows)]
+        if self.table is not None and example < self.table.shape[0]:
+            return self.table[example, np.asarray(iterations) - 1].astype(np.int64)
+        return draw(self.allowed, self.seed, self.key, self.cfg.n_attack_tokens, example, iterations)
+
+    def candidate_table(self, n_examples: int) -> np.ndarray:
+        return np.stack([draw(self.allowed, self.seed, self.key, self.cfg.n_attack_tokens, e,
+                              range(1, self.n_iterations + 1)) for e in range(n_examples)]).astype(np.int32)
 
     def start(self, st: ExampleState) -> None:
         st.tokens = np.zeros(0, dtype=np.int64)

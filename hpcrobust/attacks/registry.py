@@ -85,11 +85,11 @@ def check_attacks_with_tokenizers(cfg: SweepConfig) -> None:
 
 
 def make_attack(a: AttackConfig, seed: int, run_key: str, rnd: int, clf: Classifier, chunk: int,
-                fam: FamilyConfig, purpose: str = "eval") -> Attack:
+                fam: FamilyConfig, purpose: str = "eval", rt_table: np.ndarray | None = None) -> Attack:
     """`purpose` keeps the streams of training attacks apart from those of evaluation attacks."""
     if a.type == "random_token":
-        # Not keyed by the run: every model size scores the same candidates.
-        return RandomToken(a, seed, (purpose, rnd, a.name), clf.tokenizer, chunk)
+        # Not keyed by the run: every model size scores the same candidates (broadcast as `rt_table`).
+        return RandomToken(a, seed, (purpose, rnd, a.name), clf.tokenizer, chunk, rt_table)
     key = (purpose, run_key, rnd, a.name)
     if a.type == "gcg":
         return GCG(a, seed, key, clf.tokenizer)
@@ -111,12 +111,12 @@ def attack_examples(a: AttackConfig, clf: Classifier, examples: list, max_conten
 
 def evaluate_attack(a: AttackConfig, clf: Classifier, group: Comm, seed: int, run_key: str, rnd: int,
                     val: list, clean_pred: np.ndarray, chunk: int, fam: FamilyConfig,
-                    max_content_tokens: int) -> AttackResult:
+                    max_content_tokens: int, rt_table: np.ndarray | None = None) -> AttackResult:
     """One evaluation attack on the first `n_examples` validation examples."""
     n = min(a.n_examples, len(val))
     idx = list(range(n))
     labels = np.array([val[i].label for i in idx])
     correct = clean_pred[:n] == labels
-    attack = make_attack(a, seed, run_key, rnd, clf, chunk, fam)
+    attack = make_attack(a, seed, run_key, rnd, clf, chunk, fam, rt_table=rt_table)
     engine = ScoringEngine(clf, chunk)
     return run_attack(attack, engine, group, attack_examples(a, clf, val, max_content_tokens, idx), correct)

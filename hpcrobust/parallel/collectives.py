@@ -54,3 +54,18 @@ def broadcast_from_root(comm: Comm, obj: T) -> T:
 
 def any_rank(comm: Comm, flag: bool) -> bool:
     return bool(comm.allreduce_max(1.0 if flag else 0.0))
+
+
+def broadcast_candidates(world: Comm, table: T) -> T:
+    """RandomToken candidates drawn once on world rank 0, so every model size scores the very same ones."""
+    return world.bcast(table, root=0)
+
+
+def ranks_agree(comm: Comm, digest: str) -> bool:
+    """True when every rank of the group holds the same state digest."""
+    return len(set(comm.allgather(digest))) == 1
+
+
+def allgather_records(comm: Comm, items: dict) -> dict:
+    """Union of every rank's {key: value} (per-run results that all ranks need, e.g. final suffixes)."""
+    return share_indexed(comm, items)

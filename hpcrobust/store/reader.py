@@ -92,3 +92,44 @@ def load(path: str | Path) -> pd.DataFrame:
     if len(df):
         df = df.sort_values(["run_index", "round"]).reset_index(drop=True)
     return df
+
+
+def load_attacks(path: str | Path) -> pd.DataFrame:
+    """One row per committed (run, round, attack): final ASR, iterations, compute, and whether the
+    attack was an ensemble (one string for every size of a seed)."""
+    cfg = stored_config(path)
+    kinds = {a["name"]: a for a in cfg.get("attacks", [])}
+    rows = []
+    with open_results(path) as f:
+        for run, g in f.get(RUNS, {}).items():
+            for r, rg in g["rounds"].items():
+                if not is_committed(rg) or "attacks" not in rg:
+                    continue
+                for name, ag in rg["attacks"].items():
+                    asr = ag["asr"][()]
+                    a = kinds.get(name, {})
+                    rows.append({"run": run, "model_label": g.attrs.get("model_label"),
+                                 "seed": int(g.attrs.get("seed", -1)), "round": int(r), "attack": name,
+                                 "type": a.get("type"), "ensemble": bool(a.get("ensemble", False)),
+                                 "iterations": len(asr) - 1, "asr": float(asr[-1]),
+                                 "n_correct_before": int(ag["correct_before"][()].sum()),
+                                 "flops_nominal": float(ag["flops_nominal"][()].sum()),
+                                 "flops_actual": float(ag["flops_actual"][()].sum())})
+    return pd.DataFrame(rows)
+
+
+def load_transfer(path: str | Path) -> pd.DataFrame:
+    """The cross-size transfer matrices, tidy: one row per committed (round, attack, source, target)."""
+    rows = []
+    with open_results(path) as f:
+        for r, tg in f.get(TRANSFER, {}).items():
+            if not is_committed(tg):
+                continue
+            for attack, ag in tg.items():
+                runs = decode_text(ag["runs"][()])
+                mat = ag["asr"][()]
+                for i, src in enumerate(runs):
+                    for j, tgt in enumerate(runs):
+                        rows.append({"round": int(r), "attack": attack, "source": src, "target": tgt,
+                                     "asr": float(mat[i, j])})
+    return pd.DataFrame(rows)

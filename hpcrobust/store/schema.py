@@ -58,6 +58,8 @@ ATTACK_ARRAYS: dict[str, str] = {
                      " nothing were cached)",
     "flops_actual": "[n_iterations+1] attack FLOPs per iteration, as actually computed",
     "final_loss": "[n_examples] wrong-label loss of the final attack",
+    "shared_candidates": "RandomToken: 1 when the candidates were drawn once and broadcast to every size",
+    "candidates_sha256": "RandomToken: digest of the broadcast candidates (equal across sizes of a seed)",
     "wall_time": "seconds the attack took",
 }
 

@@ -1,0 +1,125 @@
+"""Ensemble GCG: one attack string for every model size of a seed at once (after Zou et al.'s
+multi-model attack).
+
+Per example and iteration, every size proposes GCG swaps from its own gradient; the proposals are
+exchanged (allgather), every size scores all of them on its own model, and the losses are summed
+across sizes in run order. Every size then adopts the same best candidate. An example stops once
+the shared string flips every size that classified it correctly; ASR is recorded per size.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from hpcrobust.attacks.base import AttackResult
+from hpcrobust.attacks.engine import ScoringEngine
+from hpcrobust.attacks.gcg import Buffer, SwapSampler, initial_tokens, token_gradient
+from hpcrobust.config import AttackConfig
+from hpcrobust.models.classifier import Classifier
+from hpcrobust.models.flops import FlopCount
+from hpcrobust.parallel.collectives import allgather_records
+from hpcrobust.parallel.comm import Comm
+from hpcrobust.rng import stream
+from hpcrobust.tasks.placement import encode
+
+
+@dataclass
+class Member:
+    """One model size in the ensemble: held (and computed) by its group's leader."""
+
+    index: int  # run index: fixes the order in which losses are summed
+    key: str
+    clf: Classifier | None  # None on ranks that do not hold this model
+    correct: np.ndarray  # [n_examples] classified correctly without the attack
+
+
+def run_ensemble_gcg(a: AttackConfig, members: list[Member], world: Comm, seed: int, rnd: int, val: list,
+                     chunk: int, max_content_tokens: int, tok) -> dict[int, AttackResult]:
+    """Collective over the world: every rank calls it with the same member list; returns results per run."""
+    t0 = time.time()
+    members = sorted(members, key=lambda m: m.index)
+    mine = [m for m in members if m.clf is not None]
+    n_ex, n_it = min(a.n_examples, len(val)), a.n_iterations
+    init = np.array(initial_tokens(a, tok), dtype=np.int64)
+    sampler = SwapSampler(a, tok)
+    engines = {m.index: ScoringEngine(m.clf, chunk) for m in mine}
+    first = {m.index: np.full(n_ex, -1, dtype=np.int64) for m in members}
+    finals = [init.copy() for _ in range(n_ex)]
+    losses_final = {m.index: np.full(n_ex, np.inf) for m in members}
+    flops = {m.index: [FlopCount() for _ in range(n_it + 1)] for m in mine}
+
+    def charge(it: int, starts: dict[int, FlopCount]) -> None:
+        for m in mine:
+            flops[m.index][it].add(m.clf.meter.total.since(starts[m.index]))
+
+    def score_all(k: int, encs: dict, cands: np.ndarray, targets: set[int]) -> dict[int, tuple]:
+        local = {}
+        for m in mine:
+            if m.index in targets:
+                sc = engines[m.index].score_all(k, encs[m.index], cands)
+                local[m.index] = (sc.losses, sc.flipped)
+        return allgather_records(world, local)
+
+    for k in range(n_ex):
+        order = [m.index for m in members if m.correct[k]]  # the sizes this example is attacked on
+        targets = set(order)
+        if not targets:
+            continue
+        encs = {m.index: encode(m.clf.tokenizer, val[k], a.placement, a.infix_fraction, max_content_tokens)
+                for m in mine}
+        starts = {m.index: m.clf.meter.total.snapshot() for m in mine}
+        for m in mine:
+            if m.index in targets:
+                engines[m.index].prefix(k, encs[m.index], count=True)
+        res = score_all(k, encs, init[None, :], targets)
+        charge(0, starts)
+        buf = Buffer(a.buffer_size)
+        buf.offer(sum(float(res[i][0][0]) for i in order), init)
+        current = init.copy()
+        for i in order:
+            losses_final[i][k] = float(res[i][0][0])
+            if res[i][1][0]:
+                first[i][k] = 0
+        for it in range(1, n_it + 1):
+            if a.early_stop and all(first[i][k] >= 0 for i in order):
+                break
+            starts = {m.index: m.clf.meter.total.snapshot() for m in mine}
+            proposals = {}
+            for m in mine:
+                if m.index in targets:
+                    grad = token_gradient(engines[m.index], k, encs[m.index], current)
+                    rng = stream(seed, "ensemble", rnd, a.name, k, it, m.key)
+                    proposals[m.index] = sampler.candidates(grad, current, rng)
+            allp = allgather_records(world, proposals)
+            cands = np.concatenate([allp[i] for i in order], axis=0)
+            res = score_all(k, encs, cands, targets)
+            combined = np.zeros(len(cands))
+            for i in order:  # fixed order: the same sum on every rank and for any rank count
+                combined = combined + res[i][0]
+            best = int(np.argmin(combined))
+            buf.offer(float(combined[best]), cands[best])
+            current = buf.best()[1]
+            for i in order:
+                if res[i][1][best] and first[i][k] < 0:
+                    first[i][k] = it
+                losses_final[i][k] = float(res[i][0][best])
+            charge(it, starts)
+        finals[k] = current
+    all_flops = allgather_records(world, {i: f for i, f in flops.items()})
+    wall = world.allreduce_max(time.time() - t0)
+    out = {}
+    for m in members:
+        n_ok = int(m.correct[:n_ex].sum())
+        f = first[m.index]
+        asr = np.array([((f >= 0) & (f <= t)).sum() / n_ok if n_ok else np.nan for t in range(n_it + 1)])
+        fl = all_flops[m.index]
+        out[m.index] = AttackResult(
+            name=a.name, asr=asr, correct_before=m.correct[:n_ex].astype(bool), first_success=f,
+            tokens=[finals[k] for k in range(n_ex)], texts=[tok.decode(finals[k].tolist()) for k in range(n_ex)],
+            example_index=np.arange(n_ex), flops_nominal=np.array([c.nominal for c in fl], dtype=np.float64),
+            flops_actual=np.array([c.actual for c in fl], dtype=np.float64), wall_time=wall,
+            final_loss=losses_final[m.index], attrs={"ensemble": 1, "members": ",".join(x.key for x in members)})
+    return out
