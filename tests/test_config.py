@@ -69,3 +69,24 @@ def test_describe_lists_every_key():
     keys = {k for k, _, _ in describe()}
     assert {"output", "finetune.lr", "models.N.name_or_path", "attacks.N.topk", "launch.slurm_partition"} <= keys
     assert all(doc for k, _, doc in describe() if not k.startswith("launch.slurm_additional"))
+
+
+def test_every_shipped_config_parses_and_paper_configs_match_the_paper():
+    from tests.conftest import ROOT
+
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        load_config(path)  # raises on any unknown key or bad value
+    papers = (("paper_pythia", "pythia-14m", "pythia-12b"), ("paper_qwen", "Qwen2.5-0.5B", "Qwen2.5-14B"))
+    for name, first, last in papers:
+        cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+        assert cfg.models[0].name_or_path.endswith(first) and cfg.models[-1].name_or_path.endswith(last)
+        assert not any(m.trust_remote_code for m in cfg.models)
+        assert (cfg.finetune.lr, cfg.finetune.epochs) == (1e-5, 3)
+        gcg = next(a for a in cfg.attacks if a.name == "gcg_suffix")
+        assert (gcg.n_attack_tokens, gcg.search_width, gcg.topk) == (10, 128, 256)
+        assert (gcg.n_iterations, gcg.n_examples) == (128, 500)
+        assert {a.placement for a in cfg.attacks if a.type == "gcg"} == {"suffix", "infix", "prefix"}
+        assert {a.type for a in cfg.attacks} == {"gcg", "beast", "random_token"}
+        at = cfg.advtrain
+        assert (at.n_new_examples, at.max_examples, at.max_adv_fraction) == (200, 1000, 0.8)
+        assert (at.iterations_start, at.iterations_end) == (8, 64)
