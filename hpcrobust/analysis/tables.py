@@ -1,0 +1,174 @@
+"""The numbers behind every figure, as DataFrames: seed summaries, fits, target compute, tables.
+
+Figures only draw these; the CSVs next to each PNG are these frames. A "size" is a model label
+within a sweep; seeds are pooled or summarised, never mixed across sizes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from hpcrobust.analysis.loader import SIZE_KEYS, Results, flatten, science
+from hpcrobust.analysis.metrics import bootstrap_slope, laplace, logit10, ols, target_compute, wilson
+
+PANEL = ["sweep", "task", "attack"]
+DEFAULT_TARGETS = (0.01, 0.02, 0.05)
+
+
+def _cached(res: Results, key: str, make):
+    """Tables several figures share are computed once per Results."""
+    if key not in res.cache:
+        res.cache[key] = make()
+    return res.cache[key]
+
+
+def asr_summary(res: Results) -> pd.DataFrame:
+    """Final-iteration ASR per (panel, round, size): median with min-max over seeds, or Wilson 95% for one seed."""
+    return _cached(res, "asr_summary", lambda: _asr_summary(res)).copy()
+
+
+def _asr_summary(res: Results) -> pd.DataFrame:
+    keys = [*PANEL, "round", "model_label", "n_params"]
+    g = res.attacks.groupby(keys, sort=False)
+    aggs = {"n_seeds": ("seed", "nunique"), "n_runs": ("seed", "size"), "k": ("n_success", "first"),
+            "n": ("n_correct", "first")}
+    for col in ("asr", "pre_acc", "post_acc"):
+        aggs.update({f"{col}_median": (col, "median"), f"{col}_min": (col, "min"), f"{col}_max": (col, "max")})
+    df = g.agg(**aggs).reset_index()
+    one = df["n_runs"] == 1
+    lo, hi = wilson(df["k"].to_numpy(np.float64), df["n"].to_numpy(np.float64))
+    df["asr_lo"] = np.where(one, lo, df["asr_min"])
+    df["asr_hi"] = np.where(one, hi, df["asr_max"])
+    df["interval"] = np.where(one, "wilson95", "min-max")
+    cols = [*keys, "n_seeds", "asr_median", "asr_min", "asr_max", "asr_lo", "asr_hi", "interval",
+            *(f"{c}_{s}" for c in ("pre_acc", "post_acc") for s in ("median", "min", "max"))]
+    return df[cols].sort_values([*PANEL, "round", "n_params", "model_label"], kind="stable").reset_index(drop=True)
+
+
+def scaling_points(res: Results) -> pd.DataFrame:
+    """Every (run, round, attack, iteration) with the smoothed ASR's logit10 and attack FLOPs (absolute and as a
+    fraction of pretraining compute). Points with no attack FLOPs yet cannot sit on a log axis, and curves with no
+    example correct before the attack have no ASR: both are dropped."""
+    a = res.asr
+    df = a[[*SIZE_KEYS, "attack", "run", "seed", "round", "iteration", "flops", "k", "n"]].copy()
+    df["logit"] = logit10(laplace(a["k"].to_numpy(), a["n"].to_numpy()))
+    pre = a["pretrain_flops"].to_numpy(dtype=np.float64)
+    df["flops_frac"] = np.where(pre > 0, a["flops"].to_numpy() / np.where(pre > 0, pre, 1), np.nan)
+    return df[(df["flops"] > 0) & (df["n"] > 0)].reset_index(drop=True)  # n = 0: no ASR to smooth
+
+
+def scaling_fits(points: pd.DataFrame) -> pd.DataFrame:
+    """OLS of logit10(smoothed ASR) on log10(attack FLOPs) per (panel, round, size), pooling the seeds' points."""
+    rows = []
+    keys = [*PANEL, "round", "model_label", "n_params"]
+    for key, g in points.groupby(keys, sort=False):
+        fit = ols(np.log10(g["flops"].to_numpy()), g["logit"].to_numpy())
+        frac = ols(np.log10(g["flops_frac"].to_numpy()), g["logit"].to_numpy())
+        rows.append({**dict(zip(keys, key, strict=True)), "slope": fit.slope, "intercept": fit.intercept,
+                     "intercept_frac": frac.intercept, "r2": fit.r2, "n_points": fit.n,
+                     "n_seeds": int(g["seed"].nunique())})
+    df = pd.DataFrame(rows, columns=[*keys, "slope", "intercept", "intercept_frac", "r2", "n_points", "n_seeds"])
+    return df.sort_values([*PANEL, "round", "n_params"], kind="stable").reset_index(drop=True)
+
+
+def offense_points(res: Results, targets: tuple[float, ...] = DEFAULT_TARGETS) -> pd.DataFrame:
+    """Attack FLOPs (and fractional iteration) that first reach each target ASR, per (run, round, attack)."""
+    a = res.asr
+    bounds = np.flatnonzero(a["iteration"].to_numpy() == 0).tolist() + [len(a)]
+    asr, flops = a["asr"].to_numpy(), a["flops"].to_numpy()
+    rows = []
+    for s, e in zip(bounds[:-1], bounds[1:], strict=True):
+        head = a.iloc[s]
+        for t in targets:
+            tc = target_compute(asr[s:e], flops[s:e], t)
+            rows.append({"run": head["run"], "round": int(head["round"]), "attack": head["attack"], "target": t,
+                         "iteration": tc.iteration, "attack_flops": tc.flops, "never": tc.never,
+                         "undefined": not np.isfinite(asr[s:e]).all()})
+    pts = pd.DataFrame(rows, columns=["run", "round", "attack", "target", "iteration", "attack_flops", "never",
+                                      "undefined"])
+    meta = res.attacks[["run", "round", "attack", *SIZE_KEYS, "seed", "defense_flops_cum"]]
+    pts = meta.merge(pts, on=["run", "round", "attack"], how="right")
+    return pts.sort_values([*PANEL, "target", "n_params", "model_label", "seed", "round"],
+                           kind="stable").reset_index(drop=True)
+
+
+def verdict(slope: float, lo: float, hi: float) -> str:
+    """Who is ahead, from the slope of log attack compute on log defense compute (1 is parity)."""
+    if not np.isfinite(slope):
+        return "undetermined (too few rounds with defense compute)"
+    if np.isfinite(lo) and lo > 1:
+        return "defense ahead"
+    if np.isfinite(hi) and hi < 1:
+        return "offense ahead"
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        side = "defense" if slope > 1 else "offense"
+        return f"{side} ahead on the point estimate (one seed: no CI)"
+    return "neither clearly ahead (CI includes 1)"
+
+
+def offense_fits(points: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Slope of log10 attack compute on log10 defense compute per (panel, target, size), with a bootstrap CI over
+    seeds. Round 0 has no defense compute and cannot sit on log axes, so only rounds >= 1 enter the fit."""
+    rows = []
+    keys = [*PANEL, "target", "model_label", "n_params"]
+    for key, g in points.groupby(keys, sort=False):
+        ok = g[(g["round"] >= 1) & (g["defense_flops_cum"] > 0) & (g["attack_flops"] > 0)]
+        x, y = np.log10(ok["defense_flops_cum"].to_numpy(np.float64)), np.log10(ok["attack_flops"].to_numpy())
+        fit = ols(x, y)
+        groups = [(np.log10(s["defense_flops_cum"].to_numpy(np.float64)), np.log10(s["attack_flops"].to_numpy()))
+                  for _, s in ok.groupby("seed")]
+        lo, hi = bootstrap_slope(groups, n_boot, seed=seed) if np.isfinite(fit.slope) else (np.nan, np.nan)
+        adv = g[g["round"] >= 1]
+        rows.append({**dict(zip(keys, key, strict=True)), "slope": fit.slope, "ci_lo": lo, "ci_hi": hi,
+                     "intercept": fit.intercept, "r2": fit.r2, "n_points": fit.n, "n_seeds": int(ok["seed"].nunique()),
+                     "n_missing": int(adv["never"].sum()), "verdict": verdict(fit.slope, lo, hi)})
+    cols = [*keys, "slope", "ci_lo", "ci_hi", "intercept", "r2", "n_points", "n_seeds", "n_missing", "verdict"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def never_reached(points: pd.DataFrame) -> pd.DataFrame:
+    """Fraction of runs whose ASR never reaches each target, per (panel, target, size, round)."""
+    keys = [*PANEL, "target", "model_label", "n_params", "round"]
+    g = points.groupby(keys, sort=False)
+    df = g.agg(n_runs=("run", "size"), n_never=("never", "sum"), n_undefined=("undefined", "sum")).reset_index()
+    df["frac_never"] = df["n_never"] / df["n_runs"]
+    return df.sort_values([*PANEL, "target", "n_params", "round"], kind="stable").reset_index(drop=True)
+
+
+def transfer_sizes(res: Results) -> pd.DataFrame:
+    """Cross-size transfer ASR per (sweep, round, attack, source size, target size): the mean over seeds of
+    same-seed pairs, so per-seed files and one combined file give the same matrix."""
+    t = res.transfer.loc[res.transfer["same_seed"].astype(bool)]
+    keys = ["sweep", "round", "attack", "source_label", "source_n_params", "target_label", "target_n_params"]
+    df = t.groupby(keys, sort=False).agg(asr=("asr", "mean"), n_seeds=("asr", "count")).reset_index()
+    return df.sort_values(["sweep", "round", "attack", "source_n_params", "target_n_params"],
+                          kind="stable").reset_index(drop=True)
+
+
+def pretrain_table(res: Results) -> pd.DataFrame:
+    """Pretraining compute per model, with the per-model settings from the stored config."""
+    per_model = {}
+    for sw in res.sweeps:
+        for m in sw.config.get("models") or []:
+            label = m.get("label") or str(m.get("name_or_path", "")).rstrip("/").split(":")[-1].split("/")[-1]
+            per_model.setdefault((sw.label, label), m)
+    rows = []
+    for (sweep, label), g in res.runs.groupby(["sweep", "model_label"], sort=False):
+        m = per_model.get((sweep, label), {})
+        rows.append({"sweep": sweep, "model_label": label, "model": g["model"].iloc[0],
+                     "n_params": g["n_params"].iloc[0], "pretrain_flops": g["pretrain_flops"].iloc[0],
+                     "seeds": " ".join(str(s) for s in sorted(g["seed"].unique())),
+                     "lr_scale": m.get("lr_scale", np.nan), "rounds": int(g["n_rounds"].max()) - 1})
+    return pd.DataFrame(rows).sort_values(["sweep", "n_params"], kind="stable").reset_index(drop=True)
+
+
+def hyperparameter_table(res: Results) -> pd.DataFrame:
+    """Every science setting from the stored config: one row per key, one column per sweep (seeds: the union
+    over the sweep's files; models: see the pretraining table)."""
+    cols = {}
+    for sw in res.sweeps:
+        seeds = sorted(res.runs.loc[res.runs["sweep"] == sw.label, "seed"].unique())
+        cols[sw.label] = {"seeds": " ".join(str(s) for s in seeds), **flatten(science(sw.config))}
+    keys = list(dict.fromkeys(k for c in cols.values() for k in c))
+    return pd.DataFrame({"key": keys, **{lab: [c.get(k, "") for k in keys] for lab, c in cols.items()}})
