@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", metavar="key.sub=value", help=OVERRIDE_HELP)
     run.add_argument("--quiet", action="store_true", help="no log lines and no progress bar")
     _add_launch_commands(sub)
+    from hpcrobust.analysis import cli as analysis_cli
+
+    analysis_cli.add_parser(sub)
     return p
 
 
@@ -100,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help()
             return 2
-        handler = {"run": _run, "submit": _submit, "sbatch": _sbatch}[args.command]
+        from hpcrobust.analysis import cli as analysis_cli
+
+        handler = {"run": _run, "submit": _submit, "sbatch": _sbatch, "analyze": analysis_cli.run}[args.command]
         return handler(args)
     except UserError as exc:
         print(f"hpcrobust: error: {exc}", file=sys.stderr)
