@@ -24,3 +24,11 @@ def test_first_commands_set_up_and_run_the_quickstart():
     assert "pip install torch==2.13.0" in block[0] and "[mpich" in block[0]
     assert "hpcrobust run configs/quickstart.yaml" in block[1]
     assert "pytest" in block[2]
+
+
+def test_generated_tables_are_current():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "readme_tables.py"), "--check"], cwd=ROOT)
+    assert proc.returncode == 0, "README tables are stale: run python tools/readme_tables.py"
