@@ -22,8 +22,11 @@ def datasets(path) -> dict:
     return out
 
 
-def assert_same(a, b) -> int:
+def assert_same(a, b, subset: bool = False) -> int:
+    """Every dataset and attribute equal; with `subset`, b may hold fewer (an earlier-stopped sweep)."""
     da, db = datasets(a), datasets(b)
+    if subset:
+        da = {k: v for k, v in da.items() if k in db}
     assert sorted(da) == sorted(db), set(da) ^ set(db)
     for k in da:
         x, y = np.asarray(da[k]), np.asarray(db[k])

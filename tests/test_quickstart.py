@@ -1,5 +1,6 @@
-"""The README's quickstart, as a new user runs it: 3 sizes 10x apart, accuracy >= 0.9, and the
-same file from `mpiexec -n 2`. Slow (minutes): it builds and fine-tunes the real quickstart sizes."""
+"""The README's quickstart, as a new user runs it: 3 sizes 10x apart, accuracy >= 0.9, 3 adversarial
+rounds in which GCG's ASR falls for every size, and the same values from `mpiexec -n 2`. Slow (minutes): it
+builds, fine-tunes and adversarially trains the real quickstart sizes."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from hpcrobust.store.reader import load
+from hpcrobust.store.reader import load, load_attacks
 from tests.conftest import ROOT, run_cli
 from tests.h5compare import assert_same
 
@@ -37,12 +39,22 @@ def test_quickstart_meets_its_targets(quickstart_dir):
     assert len(r0) >= 3
     assert r0.n_params.max() / r0.n_params.min() >= 10
     assert (r0.clean_accuracy >= 0.9).all(), r0[["run", "clean_accuracy"]]
+    attacks = load_attacks(quickstart_dir / "results.h5")
+    for run, g in df.groupby("run"):
+        g = g.sort_values("round")
+        assert list(g["round"]) == [0, 1, 2, 3], run
+        cum = g.defense_flops_cum.to_numpy()
+        assert cum[0] == 0 and (np.diff(cum) > 0).all(), (run, cum)
+        gcg = attacks.query("run == @run and attack == 'gcg_suffix'").sort_values("round").asr.to_numpy()
+        assert len(gcg) == 4 and gcg[-1] < gcg[0], (run, gcg)  # adversarial training made GCG weaker
 
 
 def test_quickstart_under_mpiexec_stores_the_same_values(quickstart_dir):
     if not (quickstart_dir / "results.h5").exists():
         pytest.skip("needs the 1-rank quickstart above")
-    proc = run_cli(["run", "quickstart.yaml", "output=b.h5", "--quiet"], ranks=2, cwd=quickstart_dir,
-                   env=_env(), timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_same(quickstart_dir / "results.h5", quickstart_dir / "b.h5")
+    # Rounds 0 and 1 (fine-tuning, attacks, one adversarial round) are enough to compare; it then exits 3.
+    proc = run_cli(["run", "quickstart.yaml", "output=b.h5", "debug.stop_after_round=1", "--quiet"], ranks=2,
+                   cwd=quickstart_dir, env=_env(), timeout=1800)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert sorted(load(quickstart_dir / "b.h5")["round"].unique()) == [0, 1]
+    assert assert_same(quickstart_dir / "results.h5", quickstart_dir / "b.h5", subset=True) > 100
