@@ -53,6 +53,9 @@ class ModelConfig:
     rounds: int = _f(-1, lo=-1, doc="adversarial rounds for this size (-1 = advtrain.rounds)")
     lr_scale: float = _f(1.0, lo=0.0, doc="multiplies finetune.lr and advtrain.lr for this size (small models"
                          " want larger steps)")
+    adv_lr_scale: float = _f(-1.0, lo=-1.0, doc="multiplies advtrain.lr for this size instead of lr_scale (-1 ="
+                             " lr_scale): a size that needs a large fine-tuning step may need a gentler one"
+                             " on a small adversarial set")
     random_token_defense: int = _f(-1, lo=-1, doc="this size's baseline defense (-1 = finetune.random_token_defense)")
     label: str = _f("", doc="short name in the results (default: derived from name_or_path)")
 

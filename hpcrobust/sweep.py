@@ -190,7 +190,8 @@ class Sweep:
 
     def _adversarial(self, clf: Classifier, run: RunSpec, m: ModelConfig, rnd: int, pool: Pool,
                      prev_cum: int) -> dict[str, float]:
-        out = adversarial_round(clf, self.cfg, self.task, pool, run.key, run.seed, rnd, m.lr_scale,
+        scale = m.adv_lr_scale if m.adv_lr_scale >= 0 else m.lr_scale
+        out = adversarial_round(clf, self.cfg, self.task, pool, run.key, run.seed, rnd, scale,
                                 self.layout.group)
         spent = self.group_flops(out.train_flops)
         defense = out.attack_flops.nominal + spent.nominal
