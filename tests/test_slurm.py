@@ -129,6 +129,19 @@ def test_usr2_stops_at_a_committed_round_requeues_and_completes(work, partition)
           f" {seen.get('RUNNING', -1):.1f} s, COMPLETED {seen.get('COMPLETED', -1):.1f} s after the signal")
 
 
+def test_plain_scancel_still_cancels(work, partition):
+    out = work / "cancel.h5"
+    (job,) = _submit(work, partition, *ADV, "advtrain.rounds=20", "launch.tasks_per_node=2", "output=cancel.h5")
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not _rounds(out):
+        assert time.monotonic() < deadline, f"round 0 never committed: {job_info(job)}"
+        time.sleep(0.1)
+    subprocess.run(["scancel", job], check=True, timeout=30)
+    info = _wait([job])[job]
+    assert info.state == "CANCELLED" and info.restarts == 0, info  # SIGTERM of a cancel is not a preemption
+    assert _rounds(out)  # and what was committed stays
+
+
 def _rounds(out: Path) -> dict[str, frozenset[int]]:
     try:
         return {k: frozenset(v) for k, v in committed_rounds(out).items() if k != "__transfer__"}

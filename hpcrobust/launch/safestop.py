@@ -1,7 +1,8 @@
 """Turn a preemption or time-limit signal into a stop at the next committed round.
 
 SLURM sends USR2 before the time limit (`--signal=USR2@delay`, added by submitit) and on
-`scancel --signal=USR2`, and SIGTERM when it preempts a job. submitit's own handler requeues at
+`scancel --signal=USR2`, and SIGTERM when it preempts a job with a grace time (a SIGTERM from
+`scancel`, which SLURM sends after it has ended the job, still kills). submitit's own handler requeues at
 once, wherever the ranks are. Here every rank only notes the signal; the ranks then agree, right
 after the next round is committed (a collective point that all of them reach), to stop together.
 Only then does rank 0 hand over to submitit, which checkpoints and requeues the job. If no commit
@@ -33,16 +34,18 @@ class StopAtSafePoint(SystemExit):
         self.signame = signame
 
 
-def job_was_cancelled() -> bool:
-    """SIGTERM also comes with `scancel`: a cancelled job must die, not requeue itself."""
+def slurm_is_ending_the_job() -> bool:
+    """SIGTERM also comes with `scancel`, a hard time limit or a preemption without grace. Then SLURM has
+    already moved the job out of RUNNING (COMPLETING, CANCELLED, ...): die as it expects, never requeue over
+    a cancel. A TERM while the job is still RUNNING (preemption with a grace time) is a request to stop."""
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
         return True  # not under SLURM: TERM keeps its usual meaning
     try:
         out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
-        return False
-    return "JobState=CANCELLED" in out.stdout
+        return True
+    return "JobState=RUNNING" not in out.stdout
 
 
 class SafeStop:
@@ -60,8 +63,8 @@ class SafeStop:
     # ---------------------------------------------------------------- signals
     def _on_signal(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
-        if signum == signal.SIGTERM and job_was_cancelled():
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # scancel: die as SLURM expects
+        if signum == signal.SIGTERM and slurm_is_ending_the_job():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # e.g. scancel: die as SLURM expects
             os.kill(os.getpid(), signal.SIGTERM)
             return
         if self.requested is None:
