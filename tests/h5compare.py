@@ -22,9 +22,13 @@ def datasets(path) -> dict:
     return out
 
 
-def assert_same(a, b, subset: bool = False) -> int:
-    """Every dataset and attribute equal; with `subset`, b may hold fewer (an earlier-stopped sweep)."""
+def assert_same(a, b, subset: bool = False, root_attrs: bool = True) -> int:
+    """Every dataset and attribute equal; with `subset`, b may hold fewer (a sweep with fewer rounds), and
+    without `root_attrs` the files' configs may differ (in the number of rounds, say)."""
     da, db = datasets(a), datasets(b)
+    if not root_attrs:  # the config (and so each run's planned number of rounds) may differ
+        da, db = ({k: v for k, v in d.items() if not k.startswith("@") and not k.endswith("@rounds")}
+                  for d in (da, db))
     if subset:
         da = {k: v for k, v in da.items() if k in db}
     assert sorted(da) == sorted(db), set(da) ^ set(db)
