@@ -51,11 +51,18 @@ def _tokenizer(path: str, trust_remote_code: bool):
     return load_tokenizer(path, ModelConfig(name_or_path=path, trust_remote_code=trust_remote_code))
 
 
+@lru_cache(maxsize=32)
+def _vocab_print(path: str, trust_remote_code: bool) -> str:
+    """Hashing a vocabulary is costly for large HF tokenizers: once per model, not once per round."""
+    vocab = _tokenizer(path, trust_remote_code).get_vocab()
+    return hashlib.sha256(repr(sorted(vocab.items())).encode()).hexdigest()
+
+
 def shared_tokenizer(cfg: SweepConfig):
     """The tokenizer every model shares, or None when the models' vocabularies differ."""
-    toks = [_tokenizer(resolve(m, cfg.family).path, m.trust_remote_code) for m in cfg.models]
-    prints = {hashlib.sha256(repr(sorted(t.get_vocab().items())).encode()).hexdigest() for t in toks}
-    return toks[0] if len(prints) == 1 else None
+    keys = [(resolve(m, cfg.family).path, m.trust_remote_code) for m in cfg.models]
+    prints = {_vocab_print(str(p), t) for p, t in keys}
+    return _tokenizer(str(keys[0][0]), keys[0][1]) if len(prints) == 1 else None
 
 
 def share_random_tokens(cfg: SweepConfig, layout: Layout, rnd: int) -> dict[tuple[int, str], np.ndarray]:
