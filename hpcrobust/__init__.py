@@ -1,10 +1,11 @@
 """hpcrobust: scaling trends in language-model adversarial robustness, on a SLURM cluster."""
 
+import os
 from importlib.metadata import PackageNotFoundError, version
 
-from hpcrobust.models.determinism import request_reproducible_blas
-
-request_reproducible_blas()  # before torch first calls MKL: thread-count-invariant matrix products
+# Before torch first calls MKL (models/determinism.py explains why): thread-count-invariant matrix products.
+# Set here, without importing torch, so that the analysis can run where torch is not installed.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 try:
     __version__ = version("hpcrobust")

@@ -24,6 +24,15 @@ def _keys_epilog() -> str:
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, epilog_fn=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.epilog_fn = epilog_fn  # built only when help is shown: it imports every attack plug-in (torch)
+
+    def format_help(self) -> str:
+        if self.epilog_fn is not None:
+            self.epilog = self.epilog_fn()
+        return super().format_help()
+
     def error(self, message: str) -> None:  # one line, exit 2
         raise UserError(f"{self.prog}: {message}")
 
@@ -38,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a sweep here (plain, under mpiexec, or under srun)",
                          description="Run a sweep in this process group: plain (1 rank), under `mpiexec -n K`,"
                          " or under `srun`. Committed rounds in an existing output are skipped.",
-                         epilog=_keys_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                         epilog_fn=_keys_epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("config", help=CONFIG_HELP)
     run.add_argument("overrides", nargs="*", metavar="key.sub=value", help=OVERRIDE_HELP)
     run.add_argument("--quiet", action="store_true", help="no log lines and no progress bar")
@@ -74,7 +83,7 @@ def _add_launch_commands(sub) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from hpcrobust.run import run_command
+    from hpcrobust.sweep.command import run_command
 
     return run_command(args.config, args.overrides, quiet=args.quiet)
 

@@ -10,7 +10,6 @@ Only committed rounds and committed transfer matrices are read.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,11 +19,12 @@ import pandas as pd
 import yaml
 
 from hpcrobust.errors import UserError
-from hpcrobust.store.reader import is_committed, open_results
+from hpcrobust.store import schema as S
+from hpcrobust.store.identity import NOT_SWEEP, science, sweep_key_of
+from hpcrobust.store.results import ResultsFile, committed_id, is_committed
 from hpcrobust.store.schema import RUNS, TRANSFER, decode_text
 
 SIZE_KEYS = ["sweep", "task", "model_label", "n_params"]
-_NOT_SWEEP = ("output", "launch", "debug", "seeds", "models")
 
 
 @dataclass
@@ -51,16 +51,9 @@ class Results:
     cache: dict = field(default_factory=dict, repr=False)  # derived tables shared by several figures
 
 
-def science(config: dict) -> dict:
-    """The stored config minus seeds, models and what does not change the numbers (output, launch, ranks)."""
-    d = {k: v for k, v in config.items() if k not in _NOT_SWEEP}
-    par = d.get("parallel") or {}
-    d["parallel"] = {k: par.get(k) for k in ("score_chunk", "device")}
-    return d
-
-
-def sweep_key(config: dict) -> str:
-    return hashlib.sha256(yaml.safe_dump(science(config), sort_keys=True).encode()).hexdigest()[:12]
+def sweep_science(config: dict) -> dict:
+    """The stored config minus seeds, models and what does not change the numbers (store/identity.py)."""
+    return science(config, NOT_SWEEP)
 
 
 def flatten(d, prefix: str = "") -> dict[str, str]:
@@ -83,7 +76,7 @@ def _label_sweeps(sweeps: list[Sweep]) -> None:
     if len(sweeps) == 1:
         sweeps[0].label = "main"
         return
-    flat = [flatten(science(s.config)) for s in sweeps]
+    flat = [flatten(sweep_science(s.config)) for s in sweeps]
     differ = [k for k in sorted(set().union(*flat)) if len({f.get(k) for f in flat}) > 1]
     differ.sort(key=lambda k: (not k.startswith("advtrain.attack"), not k.startswith("task."), k))
     used: list[str] = []
@@ -114,6 +107,7 @@ def train_attack(config: dict) -> tuple[str, str]:
 # h5py's object layer costs ~0.3 ms per dataset; a paper-sized file holds tens of thousands, so rounds
 # and attacks are read through the low-level API (5x faster), with HDF5 converting to the wanted dtype.
 _ALL = h5py.h5s.ALL
+_ATTACKS = S.ATTACKS.encode()
 
 
 def _names(gid) -> list[bytes]:
@@ -138,15 +132,6 @@ def _array(gid, name: bytes, dtype) -> np.ndarray:
     return arr
 
 
-def _committed(gid) -> bool:
-    """Same rule as store.reader.is_committed: the attr is present and equal to 1."""
-    if not h5py.h5a.exists(gid, b"committed"):
-        return False
-    arr = np.empty((), np.int64)
-    h5py.h5a.open(gid, b"committed").read(arr)
-    return int(arr) == 1
-
-
 class _Reader:
     """Accumulates one file's rows; columns are built once at the end (fast for large files)."""
 
@@ -164,48 +149,48 @@ class _Reader:
             rid = prefix + run
             first: dict = {}
             n_rounds = 0
-            rgs = g["rounds"].id if "rounds" in g else None
+            rgs = g[S.ROUNDS].id if S.ROUNDS in g else None
             for r in _names(rgs) if rgs is not None else []:
                 rg = h5py.h5g.open(rgs, r)
-                if not _committed(rg):
+                if not committed_id(rg):
                     continue
                 row = {"run": rid, "round": int(r)}
-                row.update({k.decode(): _scalar(rg, k) for k in _names(rg) if k != b"attacks"})
+                row.update({k.decode(): _scalar(rg, k) for k in _names(rg) if k != _ATTACKS})
                 self.rounds.append(row)
                 first = first or row
                 n_rounds += 1
-                if b"attacks" in rg:
-                    ag = h5py.h5g.open(rg, b"attacks")
+                if _ATTACKS in rg:
+                    ag = h5py.h5g.open(rg, _ATTACKS)
                     for att in _names(ag):
                         self._attack(path, rid, int(r), att.decode(), h5py.h5g.open(ag, att),
-                                     row.get("defense_flops_cum", np.nan))
+                                     row.get(S.DEFENSE_FLOPS_CUM, np.nan))
             if not n_rounds:
                 continue
             self.runs.append({"run": rid, "run_name": run, "sweep": sweep.label, "file": str(path),
-                              "task": str(meta.get("task", "?")), "model": str(meta.get("model", "?")),
-                              "model_label": str(meta.get("model_label", run.split("__")[0])),
-                              "seed": int(meta.get("seed", -1)), "n_params": first.get("n_params", np.nan),
-                              "pretrain_flops": first.get("pretrain_flops", np.nan),
+                              "task": str(meta.get(S.TASK, "?")), "model": str(meta.get(S.MODEL, "?")),
+                              "model_label": str(meta.get(S.MODEL_LABEL, run.split("__")[0])),
+                              "seed": int(meta.get(S.SEED, -1)), "n_params": first.get(S.N_PARAMS, np.nan),
+                              "pretrain_flops": first.get(S.PRETRAIN_FLOPS, np.nan),
                               "train_attack": name, "train_attack_type": ttype, "n_rounds": n_rounds})
         for r, tg in (f[TRANSFER].items() if TRANSFER in f else []):
             if is_committed(tg):
                 for att, ag in tg.items():
-                    names = [prefix + n for n in decode_text(ag["runs"][()])]
-                    mat = np.asarray(ag["asr"][()], dtype=np.float64)
+                    names = [prefix + n for n in decode_text(ag[S.TRANSFER_RUNS][()])]
+                    mat = np.asarray(ag[S.TRANSFER_ASR][()], dtype=np.float64)
                     src, tgt = np.meshgrid(names, names, indexing="ij")
                     self.transfer.append(pd.DataFrame({"round": int(r), "attack": att, "source": src.ravel(),
                                                        "target": tgt.ravel(), "asr": mat.ravel()}))
 
     def _attack(self, path: Path, rid: str, rnd: int, att: str, ag, dcum: float) -> None:
         try:
-            asr = _array(ag, b"asr", np.float64)
-            correct = _array(ag, b"correct_before", bool)
-            fl = _array(ag, b"flops_nominal", np.float64)
+            asr = _array(ag, S.ASR.encode(), np.float64)
+            correct = _array(ag, S.CORRECT_BEFORE.encode(), bool)
+            fl = _array(ag, S.ATTACK_FLOPS_NOMINAL.encode(), np.float64)
         except (KeyError, TypeError, ValueError, OSError):
             raise UserError(f"{path}: run {rid} round {rnd} attack {att} lacks readable asr, correct_before"
                             " or flops_nominal") from None
         try:
-            fa = _array(ag, b"flops_actual", np.float64)
+            fa = _array(ag, S.ATTACK_FLOPS_ACTUAL.encode(), np.float64)
         except (KeyError, TypeError, ValueError, OSError):
             fa = fl * np.nan
         n = int(correct.sum())
@@ -243,16 +228,16 @@ def _group_files(paths: list[Path]) -> list[tuple[Path, Sweep, set[str]]]:
         if p.resolve() in seen:
             continue
         seen.add(p.resolve())
-        with open_results(p) as f:
+        with ResultsFile(p).open() as f:
             try:
                 config = yaml.safe_load(f.attrs["config"]) or {}
             except (KeyError, yaml.YAMLError):
                 raise UserError(f"{p}: the stored config is missing or unreadable") from None
             names = {run for run, g in f.get(RUNS, {}).items()
-                     if "rounds" in g and any(is_committed(rg) for rg in g["rounds"].values())}
+                     if S.ROUNDS in g and any(is_committed(rg) for rg in g[S.ROUNDS].values())}
         if not names:
             raise UserError(f"{p} has no committed rounds (is its sweep still running?)")
-        key = sweep_key(config)
+        key = sweep_key_of(config)
         sw = next((s for s in sweeps if s.key == key and not (s.run_names & names)), None)
         if sw is None:
             sw = Sweep(p.stem, key, [], config)
@@ -288,7 +273,7 @@ def load(paths: str | Path | list[str | Path]) -> Results:
     rd = _Reader()
     for p, sw, _ in files:
         prefix = f"{sw.label}/" if len(sweeps) > 1 else ""
-        with open_results(p) as f:
+        with ResultsFile(p).open() as f:
             rd.read_file(p, f, sw, prefix)
     return _assemble(rd, sweeps)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from hpcrobust.analysis.loader import SIZE_KEYS, Results, flatten, science
+from hpcrobust.analysis.loader import SIZE_KEYS, Results, flatten, sweep_science
 from hpcrobust.analysis.metrics import bootstrap_slope, laplace, logit10, ols, target_compute, wilson
 
 PANEL = ["sweep", "task", "attack"]
@@ -169,6 +169,6 @@ def hyperparameter_table(res: Results) -> pd.DataFrame:
     cols = {}
     for sw in res.sweeps:
         seeds = sorted(res.runs.loc[res.runs["sweep"] == sw.label, "seed"].unique())
-        cols[sw.label] = {"seeds": " ".join(str(s) for s in seeds), **flatten(science(sw.config))}
+        cols[sw.label] = {"seeds": " ".join(str(s) for s in seeds), **flatten(sweep_science(sw.config))}
     keys = list(dict.fromkeys(k for c in cols.values() for k in c))
     return pd.DataFrame({"key": keys, **{lab: [c.get(k, "") for k in keys] for lab, c in cols.items()}})

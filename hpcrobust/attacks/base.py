@@ -13,12 +13,16 @@ from __future__ import annotations
 import hashlib
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import numpy as np
 
+from hpcrobust.attacks.config import AttackConfig, AttackParams
 from hpcrobust.attacks.engine import Scores, ScoringEngine
-from hpcrobust.config import AttackConfig
+from hpcrobust.errors import UserError
+from hpcrobust.models.classifier import Classifier
+from hpcrobust.models.config import FamilyConfig, ModelConfig
 from hpcrobust.models.flops import FlopCount
 from hpcrobust.parallel.collectives import gather_losses, ranks_agree, share_indexed
 from hpcrobust.parallel.comm import Comm
@@ -55,13 +59,92 @@ class AttackResult:
     attrs: dict = field(default_factory=dict)
 
 
+def asr_curve(first_success: np.ndarray, correct_before: np.ndarray, n_iterations: int) -> np.ndarray:
+    """[n_iterations+1] ASR after each iteration: the share of the examples classified correctly before the
+    attack whose label had flipped at or before that iteration (NaN when none was correct)."""
+    n_ok = int(np.asarray(correct_before).sum())
+    first = np.asarray(first_success)
+    return np.array([((first >= 0) & (first <= t)).sum() / n_ok if n_ok else np.nan
+                     for t in range(n_iterations + 1)])
+
+
+@dataclass
+class AttackEnv:
+    """What an attack is built with: the model it attacks, and what keys its random streams."""
+
+    seed: int
+    purpose: str  # "eval" or "train": keeps the streams of the two kinds of attack apart
+    run_key: str
+    rnd: int
+    clf: Classifier
+    score_chunk: int
+    family: FamilyConfig
+    shared: np.ndarray | None = None  # candidates drawn once for every size of a seed (RandomToken)
+
+    def stream_key(self, a: AttackConfig, per_run: bool = True) -> tuple:
+        """With the example and iteration, keys every stream; `per_run=False` gives every size the same."""
+        return (self.purpose, self.run_key, self.rnd, a.name) if per_run else (self.purpose, self.rnd, a.name)
+
+
+@dataclass
+class CheckEnv:
+    """What an attack's checks may look at, before any work starts."""
+
+    victims: list[ModelConfig]
+    victim_paths: list[str]  # resolved model folders (or hub ids), in the order of `victims`
+    vocab_sizes: list[int]
+    family: FamilyConfig
+
+
 class Attack(ABC):
-    """One algorithm. `start`/`update` run on every rank; `propose` only on an example's lead."""
+    """One algorithm, registered with `@register_attack(name)`.
+
+    `start`/`update` run on every rank; `propose` only on an example's lead. The class methods are the
+    plug-in's face to the sweep: how to build it for one run and round, and what to check first.
+    """
+
+    type_name: ClassVar[str] = ""  # set by @register_attack
+    Params: ClassVar[type[AttackParams]] = AttackParams  # this attack's own config keys
+    length_is_iterations: ClassVar[bool] = False  # grows the attack one token per iteration (BEAST)
 
     def __init__(self, cfg: AttackConfig, seed: int, key: tuple) -> None:
         self.cfg = cfg
+        self.p = cfg.params
         self.seed = seed
-        self.key = key  # (run, round, attack name): with the example and iteration, keys every stream
+        self.key = key  # (purpose, [run,] round, attack name): with the example and iteration, keys every stream
+
+    # ------------------------------------------------------------ plug-in interface
+    @classmethod
+    @abstractmethod
+    def build(cls, a: AttackConfig, env: AttackEnv) -> Attack:
+        """The attack for one run's round."""
+
+    @classmethod
+    def check(cls, a: AttackConfig, key: str, env: CheckEnv) -> None:
+        """Config-level checks (before the built-in family exists); raise UserError with `key`."""
+        if cls.length_is_iterations and a.n_iterations != a.n_attack_tokens:
+            raise UserError(f"{key}: {cls.type_name} grows the attack one token per iteration, so n_iterations"
+                            f" ({a.n_iterations}) must equal n_attack_tokens ({a.n_attack_tokens})")
+
+    @classmethod
+    def check_tokenizers(cls, a: AttackConfig, key: str, env: CheckEnv) -> None:
+        """Checks that need the victims' tokenizers (after the built-in family is built); none by default."""
+        return None
+
+    @classmethod
+    def extra_models(cls, a: AttackConfig, family: FamilyConfig) -> list[ModelConfig]:
+        """Models the attack loads besides its victim (they are built or checked with the victims)."""
+        return []
+
+    @classmethod
+    def for_training(cls, a: AttackConfig, n_iterations: int, n_examples: int) -> AttackConfig:
+        """The training attack of one round, on the schedule of advtrain.*."""
+        extra = {"n_attack_tokens": n_iterations} if cls.length_is_iterations else {}
+        return replace(a, n_iterations=n_iterations, n_examples=n_examples, **extra)
+
+    @property
+    def stops_early(self) -> bool:
+        return bool(getattr(self.p, "early_stop", True))
 
     @property
     def n_iterations(self) -> int:
@@ -92,7 +175,7 @@ class Attack(ABC):
         st.best_loss = float(sc.losses[best])
         if sc.flipped[best]:
             st.first_success = 0
-            st.done = self.cfg.early_stop
+            st.done = self.stops_early
 
     @abstractmethod
     def propose(self, st: ExampleState, step: int, engine: ScoringEngine) -> np.ndarray: ...
@@ -189,8 +272,7 @@ def run_attack(attack: Attack, engine: ScoringEngine, group: Comm, examples: lis
         for t, c in zip(totals, part, strict=True):
             t.add(c)
     first = np.array([st.first_success for st in states], dtype=np.int64)
-    n_ok = int(correct_before.sum())
-    asr = np.array([((first >= 0) & (first <= t)).sum() / n_ok if n_ok else np.nan for t in range(n_it + 1)])
+    asr = asr_curve(first, correct_before, n_it)
     tok = engine.clf.tokenizer
     tokens = [st.tokens for st in states]
     return AttackResult(

@@ -11,16 +11,35 @@ from a stream keyed by (seed, run, round, attack, example, iteration).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from transformers import DynamicCache
 
-from hpcrobust.attacks.base import Attack, ExampleState
+from hpcrobust.attacks.base import Attack, AttackEnv, CheckEnv, ExampleState
+from hpcrobust.attacks.config import AttackConfig, EarlyStopParams
 from hpcrobust.attacks.engine import Scores, ScoringEngine
-from hpcrobust.attacks.vocab import allowed_tokens
-from hpcrobust.config import AttackConfig
+from hpcrobust.attacks.registry import register_attack
+from hpcrobust.errors import UserError
+from hpcrobust.fields import setting
+from hpcrobust.models import family
+from hpcrobust.models.config import FamilyConfig, ModelConfig
 from hpcrobust.models.flops import FlopCount, FlopMeter, arch_shape, forward_flops
+from hpcrobust.models.loading import resolve
+from hpcrobust.models.vocab import allowed_tokens, vocabulary_digest
 from hpcrobust.rng import stream
+
+
+@dataclass
+class BeastParams(EarlyStopParams):
+    beam_width: int = setting(8, lo=1, doc="beams kept (k1)")
+    branching: int = setting(8, lo=1, doc="tokens sampled per beam (k2)")
+    sampler: str = setting("", doc="causal LM that proposes tokens (default: smallest built-in size)")
+
+
+def sampler_model(a: AttackConfig) -> ModelConfig:
+    return ModelConfig(name_or_path=a.params.sampler or f"builtin:{family.smallest()}")
 
 
 class Sampler:
@@ -61,7 +80,11 @@ def gumbel_top_k(logits: np.ndarray, allowed: np.ndarray, k: int, rng: np.random
     return allowed[np.argsort(-keys, kind="stable")[:k]]
 
 
+@register_attack("beast")
 class Beast(Attack):
+    Params = BeastParams
+    length_is_iterations = True
+
     def __init__(self, cfg: AttackConfig, seed: int, key: tuple, tokenizer, sampler_factory) -> None:
         super().__init__(cfg, seed, key)
         self.allowed = allowed_tokens(tokenizer, ascii_only=True)
@@ -70,6 +93,41 @@ class Beast(Attack):
         self._sampler: Sampler | None = None
         self._lead: dict[int, dict] = {}  # sampler caches of the examples this rank leads
         self.bos = tokenizer.eos_token_id if tokenizer.bos_token_id is None else tokenizer.bos_token_id
+
+    @classmethod
+    def build(cls, a: AttackConfig, env: AttackEnv) -> Beast:
+        path = resolve(sampler_model(a), env.family).path
+        clf = env.clf
+
+        def factory(meter: FlopMeter) -> Sampler:
+            return Sampler(path, clf.device, clf.dtype, meter)
+
+        return cls(a, env.seed, env.stream_key(a), clf.tokenizer, factory)
+
+    @classmethod
+    def extra_models(cls, a: AttackConfig, fam: FamilyConfig) -> list[ModelConfig]:
+        return [sampler_model(a)]
+
+    @classmethod
+    def check(cls, a: AttackConfig, key: str, env: CheckEnv) -> None:
+        super().check(a, key, env)
+        sm = sampler_model(a)
+        for m in env.victims:
+            if m.is_builtin != sm.is_builtin:
+                raise UserError(f"{key}: the sampler '{sm.name_or_path}' has a different tokenizer from the"
+                                f" victim '{m.name_or_path}'; BEAST needs one shared vocabulary")
+
+    @classmethod
+    def check_tokenizers(cls, a: AttackConfig, key: str, env: CheckEnv) -> None:
+        sm = sampler_model(a)
+        try:
+            sampler = vocabulary_digest(resolve(sm, env.family).path, False)
+        except (OSError, ValueError):
+            raise UserError(f"{key}: sampler '{sm.name_or_path}' has no loadable tokenizer") from None
+        for m, path in zip(env.victims, env.victim_paths, strict=True):
+            if vocabulary_digest(path, m.trust_remote_code) != sampler:
+                raise UserError(f"{key}: the sampler '{sm.name_or_path}' has a different tokenizer from the"
+                                f" victim '{m.name_or_path}'; BEAST needs one shared vocabulary")
 
     @property
     def sampler(self) -> Sampler:
@@ -108,7 +166,7 @@ class Beast(Attack):
     def propose(self, st: ExampleState, step: int, engine: ScoringEngine) -> np.ndarray:
         logits = self._advance_sampler(st)
         beams: np.ndarray = st.extra["beams"]
-        k = self.cfg.beam_width if beams.shape[1] == 0 else self.cfg.branching
+        k = self.p.beam_width if beams.shape[1] == 0 else self.p.branching
         rows = []
         for b in range(beams.shape[0]):
             rng = stream(self.seed, *self.key, "beast", st.example, step, b)
@@ -118,15 +176,15 @@ class Beast(Attack):
 
     def update(self, st: ExampleState, step: int, cands: np.ndarray, sc: Scores) -> None:
         order = np.argsort(sc.losses, kind="stable")
-        keep = order[: self.cfg.beam_width]
+        keep = order[: self.p.beam_width]
         width = st.extra["beams"].shape[1]
-        per_beam = self.cfg.beam_width if width == 0 else self.cfg.branching
+        per_beam = self.p.beam_width if width == 0 else self.p.branching
         st.extra["parents"] = (keep // per_beam).astype(np.int64) if width else np.zeros(len(keep), np.int64)
         st.extra["beams"] = cands[keep]
         best = int(order[0])
         st.best_loss, st.tokens = float(sc.losses[best]), cands[best].copy()
         if sc.flipped[best] and st.first_success < 0:
             st.first_success = step + 1
-            st.done = self.cfg.early_stop
+            st.done = self.stops_early
         if st.done or step + 1 >= self.n_steps:
             self._lead.pop(st.i, None)

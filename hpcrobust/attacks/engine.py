@@ -65,10 +65,6 @@ class ScoringEngine:
                 self._counted.add(key)
         return self._prefix[key]
 
-    def forget(self, key: int) -> None:
-        self._prefix.pop(key, None)
-        self._after.pop(key, None)
-
     def after_ids(self, key: int, enc: Encoded) -> torch.Tensor:
         if key not in self._after:
             self._after[key] = torch.tensor(list(enc.after), dtype=torch.long, device=self.clf.device)

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hpcrobust.attacks.base import AttackResult
+from hpcrobust.attacks.base import AttackResult, asr_curve
+from hpcrobust.attacks.config import AttackConfig
 from hpcrobust.attacks.engine import ScoringEngine
 from hpcrobust.attacks.gcg import Buffer, SwapSampler, initial_tokens, token_gradient
-from hpcrobust.config import AttackConfig
 from hpcrobust.models.classifier import Classifier
 from hpcrobust.models.flops import FlopCount
 from hpcrobust.parallel.collectives import allgather_records
@@ -44,7 +44,7 @@ def run_ensemble_gcg(a: AttackConfig, members: list[Member], world: Comm, seed: 
     mine = [m for m in members if m.clf is not None]
     n_ex, n_it = min(a.n_examples, len(val)), a.n_iterations
     init = np.array(initial_tokens(a, tok), dtype=np.int64)
-    sampler = SwapSampler(a, tok)
+    sampler = SwapSampler(a.params, tok)
     engines = {m.index: ScoringEngine(m.clf, chunk) for m in mine}
     first = {m.index: np.full(n_ex, -1, dtype=np.int64) for m in members}
     finals = [init.copy() for _ in range(n_ex)]
@@ -76,7 +76,7 @@ def run_ensemble_gcg(a: AttackConfig, members: list[Member], world: Comm, seed: 
                 engines[m.index].prefix(k, encs[m.index], count=True)
         res = score_all(k, encs, init[None, :], targets)
         charge(0, starts)
-        buf = Buffer(a.buffer_size)
+        buf = Buffer(a.params.buffer_size)
         buf.offer(sum(float(res[i][0][0]) for i in order), init)
         current = init.copy()
         for i in order:
@@ -84,7 +84,7 @@ def run_ensemble_gcg(a: AttackConfig, members: list[Member], world: Comm, seed: 
             if res[i][1][0]:
                 first[i][k] = 0
         for it in range(1, n_it + 1):
-            if a.early_stop and all(first[i][k] >= 0 for i in order):
+            if a.params.early_stop and all(first[i][k] >= 0 for i in order):
                 break
             starts = {m.index: m.clf.meter.total.snapshot() for m in mine}
             proposals = {}
@@ -112,9 +112,8 @@ def run_ensemble_gcg(a: AttackConfig, members: list[Member], world: Comm, seed: 
     wall = world.allreduce_max(time.time() - t0)
     out = {}
     for m in members:
-        n_ok = int(m.correct[:n_ex].sum())
         f = first[m.index]
-        asr = np.array([((f >= 0) & (f <= t)).sum() / n_ok if n_ok else np.nan for t in range(n_it + 1)])
+        asr = asr_curve(f, m.correct[:n_ex], n_it)
         fl = all_flops[m.index]
         out[m.index] = AttackResult(
             name=a.name, asr=asr, correct_before=m.correct[:n_ex].astype(bool), first_success=f,

@@ -9,20 +9,36 @@ example stops as soon as its label flips.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from hpcrobust.attacks.base import Attack, ExampleState
+from hpcrobust.attacks.base import Attack, AttackEnv, CheckEnv, ExampleState
+from hpcrobust.attacks.config import AttackConfig, EarlyStopParams, TrainAttackConfig
 from hpcrobust.attacks.engine import Scores, ScoringEngine, wrong_label_loss
-from hpcrobust.attacks.vocab import allowed_tokens, retokenizes
-from hpcrobust.config import AttackConfig
+from hpcrobust.attacks.registry import register_attack
+from hpcrobust.errors import UserError
+from hpcrobust.fields import setting
+from hpcrobust.models.vocab import allowed_tokens, cached_tokenizer, retokenizes
 from hpcrobust.rng import stream
+
+
+@dataclass
+class GCGParams(EarlyStopParams):
+    search_width: int = setting(128, lo=1, doc="candidates per iteration")
+    topk: int = setting(256, lo=1, doc="tokens kept per position from the gradient")
+    n_replace: int = setting(1, lo=1, doc="tokens swapped per candidate")
+    buffer_size: int = setting(1, lo=1, doc="best-so-far buffer")
+    init_string: str = setting("", doc="initial attack text (default ' x' repeated)")
+    ensemble: bool = setting(False, doc="one suffix for all sizes of a seed, losses summed across sizes"
+                             " (evaluation attacks only)")
 
 
 def initial_tokens(cfg: AttackConfig, tokenizer) -> list[int]:
     """The configured initial string, or n copies of a one-token filler that re-tokenizes to itself."""
-    if cfg.init_string:
-        return list(tokenizer.encode(cfg.init_string, add_special_tokens=False))
+    if cfg.params.init_string:
+        return list(tokenizer.encode(cfg.params.init_string, add_special_tokens=False))
     n = cfg.n_attack_tokens
     for text in (" x", "x", " !", "!", " a", "a"):
         ids = tokenizer.encode(text, add_special_tokens=False)
@@ -71,8 +87,8 @@ class Buffer:
 class SwapSampler:
     """Turns a token gradient into `search_width` single- (or n_replace-) token swaps."""
 
-    def __init__(self, cfg: AttackConfig, tokenizer) -> None:
-        self.cfg = cfg
+    def __init__(self, p: GCGParams, tokenizer) -> None:
+        self.p = p
         self.tokenizer = tokenizer
         self.blocked = np.ones(len(tokenizer), dtype=bool)
         self.blocked[allowed_tokens(tokenizer, ascii_only=True)] = False
@@ -81,10 +97,10 @@ class SwapSampler:
         g = grad.float().cpu().numpy()
         g[:, self.blocked[: g.shape[1]]] = np.inf
         g[:, len(self.blocked):] = np.inf  # embedding rows beyond the tokenizer (padding)
-        k = self.cfg.topk
+        k = self.p.topk
         topk = np.argsort(g, axis=1, kind="stable")[:, :k]  # most negative gradient first
-        n, c = len(tokens), self.cfg.search_width
-        n_rep = min(self.cfg.n_replace, n)
+        n, c = len(tokens), self.p.search_width
+        n_rep = min(self.p.n_replace, n)
         pos = np.argsort(rng.random((c, n)), axis=1, kind="stable")[:, :n_rep]
         pick = rng.integers(0, k, size=(c, n_rep))
         cands = np.repeat(tokens[None, :], c, axis=0)
@@ -93,15 +109,40 @@ class SwapSampler:
         return cands if len(cands) else tokens[None, :].copy()
 
 
+@register_attack("gcg")
 class GCG(Attack):
+    Params = GCGParams
+
     def __init__(self, cfg: AttackConfig, seed: int, key: tuple, tokenizer) -> None:
         super().__init__(cfg, seed, key)
         self.init = np.array(initial_tokens(cfg, tokenizer), dtype=np.int64)
-        self.sampler = SwapSampler(cfg, tokenizer)
+        self.sampler = SwapSampler(self.p, tokenizer)
+
+    @classmethod
+    def build(cls, a: AttackConfig, env: AttackEnv) -> GCG:
+        return cls(a, env.seed, env.stream_key(a), env.clf.tokenizer)
+
+    @classmethod
+    def check(cls, a: AttackConfig, key: str, env: CheckEnv) -> None:
+        super().check(a, key, env)
+        smallest = min(env.vocab_sizes) if env.vocab_sizes else 0
+        if a.params.topk > smallest:
+            raise UserError(f"{key}: topk {a.params.topk} is larger than the vocabulary ({smallest} tokens)")
+        if a.params.ensemble and isinstance(a, TrainAttackConfig):
+            raise UserError(f"{key}: ensemble is an evaluation option (one string for every size); adversarial"
+                            " training attacks each run on its own model")
+
+    @classmethod
+    def check_tokenizers(cls, a: AttackConfig, key: str, env: CheckEnv) -> None:
+        for m, path in zip(env.victims, env.victim_paths, strict=True):
+            n = len(initial_tokens(a, cached_tokenizer(path, m.trust_remote_code)))
+            if n != a.n_attack_tokens:
+                raise UserError(f"{key}: init_string gives {n} tokens with {m.name_or_path}'s tokenizer,"
+                                f" n_attack_tokens is {a.n_attack_tokens}")
 
     def start(self, st: ExampleState) -> None:
         st.tokens = self.init.copy()
-        st.extra["buffer"] = Buffer(self.cfg.buffer_size)
+        st.extra["buffer"] = Buffer(self.p.buffer_size)
 
     def setup(self, st: ExampleState, engine: ScoringEngine) -> np.ndarray:
         return st.tokens[None, :]
@@ -123,4 +164,4 @@ class GCG(Attack):
         if sc.flipped[best] and st.first_success < 0:
             st.first_success = step + 1
             st.tokens, st.best_loss = cands[best].copy(), loss
-            st.done = self.cfg.early_stop
+            st.done = self.stops_early

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from hpcrobust.attacks.base import Attack, ExampleState
+from hpcrobust.attacks.base import Attack, AttackEnv, ExampleState
+from hpcrobust.attacks.config import AttackConfig
 from hpcrobust.attacks.engine import Scores, ScoringEngine
-from hpcrobust.attacks.vocab import allowed_tokens
-from hpcrobust.config import AttackConfig
+from hpcrobust.attacks.registry import register_attack
+from hpcrobust.models.vocab import allowed_tokens
 from hpcrobust.rng import stream
 
 
@@ -22,13 +23,21 @@ def draw(allowed: np.ndarray, seed: int, key: tuple, n_tokens: int, example: int
     return allowed[np.stack(rows)]
 
 
+@register_attack("random_token")
 class RandomToken(Attack):
+    """No parameters of its own: one candidate per iteration, and an example always stops at its first success."""
+
     def __init__(self, cfg: AttackConfig, seed: int, key: tuple, tokenizer, chunk: int,
                  table: np.ndarray | None = None) -> None:
         super().__init__(cfg, seed, key)
         self.allowed = allowed_tokens(tokenizer, ascii_only=False)
         self.chunk = chunk
         self.table = table  # [example, iteration, token], broadcast by world rank 0 (see candidate_table)
+
+    @classmethod
+    def build(cls, a: AttackConfig, env: AttackEnv) -> RandomToken:
+        # Not keyed by the run: every model size scores the same candidates (broadcast as `env.shared`).
+        return cls(a, env.seed, env.stream_key(a, per_run=False), env.clf.tokenizer, env.score_chunk, env.shared)
 
     @property
     def n_steps(self) -> int:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hpcrobust.attacks.config import AttackConfig
 from hpcrobust.attacks.engine import ScoringEngine
-from hpcrobust.config import AttackConfig
 from hpcrobust.models.classifier import Classifier
 from hpcrobust.parallel.collectives import allgather_records
 from hpcrobust.parallel.comm import Comm

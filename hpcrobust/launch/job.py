@@ -1,7 +1,7 @@
 """The callable that submitit runs on every SLURM task: `hpcrobust run`, plus preemption handling.
 
 Each SLURM task is one MPI rank (srun starts them; mpi4py finds its peers through PMI), and each runs
-`hpcrobust.run.run_command` on the config frozen at submission, so a submitted sweep stores what
+`hpcrobust.sweep.command.run_command` on the config frozen at submission, so a submitted sweep stores what
 `mpiexec -n K hpcrobust run` stores. A requeued job calls the same callable again (through
 `checkpoint()`), and the sweep skips every committed round: that is the whole resume.
 """
@@ -30,7 +30,8 @@ class SweepJob:
 
     def __call__(self) -> dict:
         from hpcrobust.parallel.comm import world
-        from hpcrobust.run import run_command
+        from hpcrobust.sweep.command import run_command
+        from hpcrobust.sweep.hooks import Hooks
 
         os.chdir(self.workdir)
         rank = _task_rank()
@@ -41,7 +42,7 @@ class SweepJob:
         stop = SafeStop(self.safe_stop_s, on_timeout=lambda: self._requeue_now(stop, rank))
         try:
             with stop:
-                rc = run_command(self.config, list(self.overrides), quiet=self.quiet)
+                rc = run_command(self.config, list(self.overrides), quiet=self.quiet, hooks=stop.attach(Hooks()))
         except StopAtSafePoint as exc:
             w = world()
             print(f"hpcrobust job: rank {w.rank} stopped after a committed round ({exc.signame})",

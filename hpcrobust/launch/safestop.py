@@ -9,8 +9,8 @@ Only then does rank 0 hand over to submitit, which checkpoints and requeues the 
 comes within `grace_s`, rank 0 requeues mid-round: commits are atomic, so the file keeps every
 committed round and the requeued job redoes only the round in progress.
 
-The sweep has no stop hook of its own, so the check is attached to `hpcrobust.store.writer.commit`
-(the one call every rank makes once per round) for as long as the context is active.
+The check is attached to the sweep's `round_committed` hook (sweep/hooks.py), which every rank
+fires right after each commit.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hpcrobust.log import log
-from hpcrobust.store import writer
+from hpcrobust.sweep.hooks import Hooks
 
 
 class StopAtSafePoint(SystemExit):
@@ -58,7 +58,6 @@ class SafeStop:
         self.on_timeout = on_timeout  # rank 0: checkpoint and requeue now
         self.requested: str | None = None
         self._saved: dict[int, Any] = {}
-        self._commit = None
 
     # ---------------------------------------------------------------- signals
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -79,15 +78,15 @@ class SafeStop:
         self.on_timeout()
 
     # ---------------------------------------------------------------- the safe point
-    def _after_commit(self, commit: Callable[..., int]) -> Callable[..., int]:
-        def committed_then_check(world, *args: Any, **kwargs: Any) -> int:
-            n = commit(world, *args, **kwargs)
-            if world.allreduce_max(1.0 if self.requested else 0.0) > 0:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                raise StopAtSafePoint(self.requested or "a signal on another rank")
-            return n
+    def after_commit(self, ctx: Any, rnd: int, n: int) -> None:
+        """The `round_committed` hook: every rank is here, so they can agree to stop together."""
+        if ctx.layout.world.allreduce_max(1.0 if self.requested else 0.0) > 0:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            raise StopAtSafePoint(self.requested or "a signal on another rank")
 
-        return committed_then_check
+    def attach(self, hooks: Hooks) -> Hooks:
+        hooks.on("round_committed", self.after_commit)
+        return hooks
 
     def __enter__(self) -> SafeStop:
         if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
@@ -95,12 +94,9 @@ class SafeStop:
             for s in self.SIGNALS:
                 signal.signal(s, self._on_signal)
             signal.signal(signal.SIGALRM, self._on_alarm)
-        self._commit = writer.commit
-        writer.commit = self._after_commit(self._commit)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        writer.commit = self._commit
         if not self._saved:
             return
         signal.setitimer(signal.ITIMER_REAL, 0)

@@ -10,7 +10,6 @@ script and parameters; it writes nothing.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import os
 import shlex
@@ -67,21 +66,10 @@ def slurm_parameters(launch: LaunchConfig, name: str, setup: list[str]) -> dict[
 def _check_outputs(cfgs: list[SweepConfig]) -> None:
     """Each task's results file must be writable by this sweep, and no other sweep may be writing it now
     (the lock is only probed, read-only, so a dry run writes nothing)."""
-    from hpcrobust.preflight import check_output
-    from hpcrobust.store.writer import SweepLock
+    from hpcrobust.sweep.checks import check_output
 
     for cfg in cfgs:
-        out = check_output(cfg)
-        lock = SweepLock(out).lock_path
-        if not lock.is_file():
-            continue
-        with open(lock) as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.flock(fh, fcntl.LOCK_UN)
-            except BlockingIOError:
-                raise UserError(f"another sweep is writing {out} (lock {lock} is held); wait for it or choose"
-                                f" another output") from None
+        check_output(cfg).check_not_locked()
 
 
 def make_plan(config: str, overrides: list[str], cluster: str, dry_run: bool = False) -> Plan:

@@ -9,18 +9,9 @@ are computed here as matrix products, which that mode makes thread-invariant.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-CBWR = "AUTO,STRICT"
-
-
-def request_reproducible_blas() -> None:
-    """Must run before torch first calls MKL; the CLI and the package import do it."""
-    os.environ.setdefault("MKL_CBWR", CBWR)
 
 
 class _Affine(torch.autograd.Function):

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hpcrobust.config import FamilyConfig
 from hpcrobust.errors import UserError
+from hpcrobust.models.config import FamilyConfig
 from hpcrobust.models.determinism import make_thread_invariant
 from hpcrobust.rng import stream
 from hpcrobust.tasks.words import COMMON_WORDS, word_list
@@ -93,6 +93,11 @@ def size_dir(cfg: FamilyConfig, size: str) -> Path:
 def check_size(name: str) -> None:
     if name not in SIZES:
         raise UserError(f"unknown built-in size '{name}' (sizes: {', '.join(SIZES)})")
+
+
+def smallest() -> str:
+    """The cheapest built-in size (BEAST's default sampler)."""
+    return min(SIZES, key=lambda s: SIZES[s].hidden ** 2 * SIZES[s].layers)
 
 
 def is_built(cfg: FamilyConfig, size: str) -> bool:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from hpcrobust.config import FamilyConfig, ModelConfig, model_label
 from hpcrobust.errors import UserError
 from hpcrobust.models import family
 from hpcrobust.models.classifier import Classifier
+from hpcrobust.models.config import FamilyConfig, ModelConfig, model_label
 from hpcrobust.models.determinism import make_thread_invariant
 from hpcrobust.rng import torch_generator
 

@@ -52,10 +52,6 @@ def broadcast_from_root(comm: Comm, obj: T) -> T:
     return comm.bcast(obj, root=0)
 
 
-def any_rank(comm: Comm, flag: bool) -> bool:
-    return bool(comm.allreduce_max(1.0 if flag else 0.0))
-
-
 def broadcast_candidates(world: Comm, table: T) -> T:
     """RandomToken candidates drawn once on world rank 0, so every model size scores the very same ones."""
     return world.bcast(table, root=0)

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from hpcrobust.config import ParallelConfig
 from hpcrobust.errors import UserError
 from hpcrobust.parallel.comm import Comm, world
+from hpcrobust.parallel.config import ParallelConfig
 
 
 @dataclass
@@ -38,9 +38,6 @@ class Layout:
     def runs_of_group(self, n_runs: int, group_index: int | None = None) -> list[int]:
         g = self.group_index if group_index is None else group_index
         return [i for i in range(n_runs) if i % self.n_groups == g]
-
-    def group_of_run(self, run_index: int) -> int:
-        return run_index % self.n_groups
 
 
 def _cores() -> int:

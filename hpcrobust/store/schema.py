@@ -25,43 +25,75 @@ FORMAT = "hpcrobust-results"
 SCHEMA_VERSION = 1
 
 RUNS = "runs"
+ROUNDS = "rounds"
+ATTACKS = "attacks"
 TRANSFER = "transfer"
 COMMITTED = "committed"
 
-# Per-round scalars (name -> what it means); the README's table is generated from this.
-ROUND_SCALARS: dict[str, str] = {
-    "clean_accuracy": "accuracy on the validation split before any attack",
-    "train_loss": "mean training loss of this round (fine-tuning in round 0)",
-    "flops_nominal": "training FLOPs of this round, 2NT forward + 4NT backward",
-    "flops_actual": "training FLOPs of this round as really computed",
-    "finetune_flops": "nominal FLOPs of clean fine-tuning (round 0 only, else 0)",
-    "defense_flops": "nominal FLOPs of this round's adversarial training: attack generation + training",
-    "defense_flops_cum": "defense_flops summed over rounds 1..this round",
-    "train_attack_iterations": "iterations of the training attack this round (its linear schedule)",
-    "train_attack_success": "fraction of this round's attacked training examples that flipped",
-    "n_adversarial": "adversarial examples in this round's training set",
-    "n_clean": "clean examples in this round's training set",
-    "wall_time": "seconds this round took (not compared across rank counts)",
-    "n_params": "parameters of the classifier (N of the FLOP convention)",
-    "pretrain_flops": "6·N·D of pretraining (NaN if unknown)",
-}
+# Every name below is declared once, with its meaning: the writer refuses any other, the README's tables
+# are generated from these tables, and code names them through the constants.
+RUN_ATTRS: dict[str, str] = {}  # attributes of /runs/<run>/ (the run's metadata)
+ROUND_SCALARS: dict[str, str] = {}  # 0-d datasets of a round
+ATTACK_ARRAYS: dict[str, str] = {}  # datasets of attacks/<name>/ in a round
+TRANSFER_ARRAYS: dict[str, str] = {}  # datasets of <attack>/ in a transfer matrix
 
-ATTACK_ARRAYS: dict[str, str] = {
-    "asr": "[n_iterations+1] attack success rate after each iteration (index 0: before any), over examples"
-           " correct before the attack",
-    "correct_before": "[n_examples] bool: classified correctly without the attack",
-    "first_success": "[n_examples] iteration of the first label flip (-1: never)",
-    "attack_tokens": "[n_examples, n_attack_tokens] final attack token ids",
-    "attack_text": "[n_examples] final attack decoded (fixed-length UTF-8)",
-    "example_index": "[n_examples] index of each attacked example in the validation split",
-    "flops_nominal": "[n_iterations+1] attack FLOPs per iteration (index 0: setup), nominal (as if"
-                     " nothing were cached)",
-    "flops_actual": "[n_iterations+1] attack FLOPs per iteration, as actually computed",
-    "final_loss": "[n_examples] wrong-label loss of the final attack",
-    "shared_candidates": "RandomToken: 1 when the candidates were drawn once and broadcast to every size",
-    "candidates_sha256": "RandomToken: digest of the broadcast candidates (equal across sizes of a seed)",
-    "wall_time": "seconds the attack took",
-}
+
+def _declare(table: dict[str, str], name: str, doc: str) -> str:
+    table[name] = doc
+    return name
+
+
+MODEL = _declare(RUN_ATTRS, "model", "name_or_path of the model")
+MODEL_LABEL = _declare(RUN_ATTRS, "model_label", "short name of the size")
+SEED = _declare(RUN_ATTRS, "seed", "the run's seed")
+TASK = _declare(RUN_ATTRS, "task", "task name")
+RUN_INDEX = _declare(RUN_ATTRS, "run_index", "position of the run in the sweep")
+PLANNED_ROUNDS = _declare(RUN_ATTRS, "rounds", "adversarial rounds planned for this run")
+
+
+CLEAN_ACCURACY = _declare(ROUND_SCALARS, "clean_accuracy", "accuracy on the validation split before any attack")
+TRAIN_LOSS = _declare(ROUND_SCALARS, "train_loss", "mean training loss of this round (fine-tuning in round 0)")
+FLOPS_NOMINAL = _declare(ROUND_SCALARS, "flops_nominal", "training FLOPs of this round, 2NT forward + 4NT backward")
+FLOPS_ACTUAL = _declare(ROUND_SCALARS, "flops_actual", "training FLOPs of this round as really computed")
+FINETUNE_FLOPS = _declare(ROUND_SCALARS, "finetune_flops", "nominal FLOPs of clean fine-tuning (round 0 only,"
+                          " else 0)")
+DEFENSE_FLOPS = _declare(ROUND_SCALARS, "defense_flops", "nominal FLOPs of this round's adversarial training:"
+                         " attack generation + training")
+DEFENSE_FLOPS_CUM = _declare(ROUND_SCALARS, "defense_flops_cum", "defense_flops summed over rounds 1..this round")
+TRAIN_ATTACK_ITERATIONS = _declare(ROUND_SCALARS, "train_attack_iterations", "iterations of the training attack"
+                                   " this round (its linear schedule)")
+TRAIN_ATTACK_SUCCESS = _declare(ROUND_SCALARS, "train_attack_success", "fraction of this round's attacked training"
+                                " examples that flipped")
+N_ADVERSARIAL = _declare(ROUND_SCALARS, "n_adversarial", "adversarial examples in this round's training set")
+N_CLEAN = _declare(ROUND_SCALARS, "n_clean", "clean examples in this round's training set")
+WALL_TIME = _declare(ROUND_SCALARS, "wall_time", "seconds this round took (not compared across rank counts)")
+N_PARAMS = _declare(ROUND_SCALARS, "n_params", "parameters of the classifier (N of the FLOP convention)")
+PRETRAIN_FLOPS = _declare(ROUND_SCALARS, "pretrain_flops", "6·N·D of pretraining (NaN if unknown)")
+
+ASR = _declare(ATTACK_ARRAYS, "asr", "[n_iterations+1] attack success rate after each iteration (index 0: before"
+               " any), over examples correct before the attack")
+CORRECT_BEFORE = _declare(ATTACK_ARRAYS, "correct_before", "[n_examples] bool: classified correctly without the"
+                          " attack")
+FIRST_SUCCESS = _declare(ATTACK_ARRAYS, "first_success", "[n_examples] iteration of the first label flip"
+                         " (-1: never)")
+ATTACK_TOKENS = _declare(ATTACK_ARRAYS, "attack_tokens", "[n_examples, n_attack_tokens] final attack token ids")
+ATTACK_TEXT = _declare(ATTACK_ARRAYS, "attack_text", "[n_examples] final attack decoded (fixed-length UTF-8)")
+EXAMPLE_INDEX = _declare(ATTACK_ARRAYS, "example_index", "[n_examples] index of each attacked example in the"
+                         " validation split")
+ATTACK_FLOPS_NOMINAL = _declare(ATTACK_ARRAYS, "flops_nominal", "[n_iterations+1] attack FLOPs per iteration"
+                                " (index 0: setup), nominal (as if nothing were cached)")
+ATTACK_FLOPS_ACTUAL = _declare(ATTACK_ARRAYS, "flops_actual", "[n_iterations+1] attack FLOPs per iteration, as"
+                               " actually computed")
+FINAL_LOSS = _declare(ATTACK_ARRAYS, "final_loss", "[n_examples] wrong-label loss of the final attack")
+SHARED_CANDIDATES = _declare(ATTACK_ARRAYS, "shared_candidates", "RandomToken: 1 when the candidates were drawn"
+                             " once and broadcast to every size")
+CANDIDATES_SHA256 = _declare(ATTACK_ARRAYS, "candidates_sha256", "RandomToken: digest of the broadcast candidates"
+                             " (equal across sizes of a seed)")
+ATTACK_WALL_TIME = _declare(ATTACK_ARRAYS, "wall_time", "seconds the attack took")
+
+TRANSFER_ASR = _declare(TRANSFER_ARRAYS, "asr", "[source run, target run] ASR of the source's final attacks on the"
+                        " target")
+TRANSFER_RUNS = _declare(TRANSFER_ARRAYS, "runs", "run names in matrix order")
 
 
 def round_name(r: int) -> str:
@@ -80,6 +112,11 @@ def transfer_path(r: int) -> str:
     return f"{TRANSFER}/{round_name(r)}"
 
 
+def attack_path(name: str, array: str) -> str:
+    """An attack's dataset, relative to its round."""
+    return f"{ATTACKS}/{name}/{array}"
+
+
 def text_array(strings: list[str]) -> np.ndarray:
     raw = [s.encode("utf-8") for s in strings]
     width = max([1, *(len(b) for b in raw)])
@@ -94,11 +131,28 @@ def decode_text(arr: np.ndarray) -> list[str]:
 class Record:
     """One atomic unit of results: a group path, its attrs, scalars and arrays; committed as a whole."""
 
-    path: str
+    path: str  # round_path(...) or transfer_path(...)
     attrs: dict = field(default_factory=dict)
     scalars: dict[str, float] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     parent_attrs: dict[str, dict] = field(default_factory=dict)  # attrs of enclosing groups (run metadata)
+
+    def check(self) -> None:
+        """Refuse a dataset the schema does not declare (a typo would otherwise make a new column)."""
+        parts = self.path.split("/")
+        if parts[0] == RUNS and len(parts) == 4 and parts[2] == ROUNDS:
+            bad = [k for k in self.scalars if k not in ROUND_SCALARS]
+            bad += [k for k in self.arrays
+                    if not (k.count("/") == 2 and k.startswith(ATTACKS + "/") and k.rsplit("/", 1)[1] in ATTACK_ARRAYS)]
+        elif parts[0] == TRANSFER and len(parts) == 2:
+            bad = list(self.scalars)
+            bad += [k for k in self.arrays if not (k.count("/") == 1 and k.rsplit("/", 1)[1] in TRANSFER_ARRAYS)]
+        else:
+            raise ValueError(f"record path {self.path!r} is not a round or a transfer matrix of the schema")
+        bad += [k for k in (self.parent_attrs.get(run_path(parts[1]), {}) if parts[0] == RUNS else {})
+                if k not in RUN_ATTRS]
+        if bad:
+            raise ValueError(f"record {self.path}: {', '.join(bad)} not declared in store/schema.py")
 
     def meta(self) -> dict:
         """Everything but the array contents: what every rank must know to create the layout."""
@@ -113,16 +167,16 @@ def attack_arrays(res) -> dict[str, np.ndarray]:
     toks = np.full((len(res.tokens), width), -1, dtype=np.int64)
     for i, t in enumerate(res.tokens):
         toks[i, : len(t)] = t
-    base = f"attacks/{res.name}/"
-    return {
-        base + "asr": np.asarray(res.asr, dtype=np.float64),
-        base + "correct_before": np.asarray(res.correct_before, dtype=bool),
-        base + "first_success": np.asarray(res.first_success, dtype=np.int64),
-        base + "attack_tokens": toks,
-        base + "attack_text": text_array(res.texts),
-        base + "example_index": np.asarray(res.example_index, dtype=np.int64),
-        base + "flops_nominal": np.asarray(res.flops_nominal, dtype=np.float64),
-        base + "flops_actual": np.asarray(res.flops_actual, dtype=np.float64),
-        base + "final_loss": np.asarray(res.final_loss, dtype=np.float64),
-        base + "wall_time": np.float64(res.wall_time),
+    arrays = {
+        ASR: np.asarray(res.asr, dtype=np.float64),
+        CORRECT_BEFORE: np.asarray(res.correct_before, dtype=bool),
+        FIRST_SUCCESS: np.asarray(res.first_success, dtype=np.int64),
+        ATTACK_TOKENS: toks,
+        ATTACK_TEXT: text_array(res.texts),
+        EXAMPLE_INDEX: np.asarray(res.example_index, dtype=np.int64),
+        ATTACK_FLOPS_NOMINAL: np.asarray(res.flops_nominal, dtype=np.float64),
+        ATTACK_FLOPS_ACTUAL: np.asarray(res.flops_actual, dtype=np.float64),
+        FINAL_LOSS: np.asarray(res.final_loss, dtype=np.float64),
+        ATTACK_WALL_TIME: np.float64(res.wall_time),
     }
+    return {attack_path(res.name, k): v for k, v in arrays.items()}

@@ -1,19 +1,21 @@
-"""Tasks: generators and file loaders of labelled examples, and where an attack may go."""
+"""Tasks: generators and file loaders of labelled examples, and where an attack may go.
+
+A new generated task is one function in `generated.py` (registered in its GENERATORS); a new
+file-backed task is one entry in `files.py`'s SPECS. Both become `task.name` choices.
+"""
 
 from __future__ import annotations
 
-from hpcrobust.config import TaskConfig
 from hpcrobust.tasks.base import Example, TaskData
+from hpcrobust.tasks.config import TaskConfig
 from hpcrobust.tasks.files import load_file_task
-from hpcrobust.tasks.generated import password_match, word_length
+from hpcrobust.tasks.generated import GENERATORS
 
 
 def load_task(cfg: TaskConfig) -> TaskData:
-    if cfg.name == "password_match":
-        return password_match(cfg.n_train, cfg.n_val, cfg.seed)
-    if cfg.name == "word_length":
-        return word_length(cfg.n_train, cfg.n_val, cfg.seed)
+    if cfg.name in GENERATORS:
+        return GENERATORS[cfg.name](cfg.n_train, cfg.n_val, cfg.seed)
     return load_file_task(cfg.name, cfg.path, cfg.n_train, cfg.n_val, cfg.seed)
 
 
-__all__ = ["Example", "TaskData", "load_task"]
+__all__ = ["Example", "TaskConfig", "TaskData", "load_task"]

@@ -67,3 +67,7 @@ def word_length(n_train: int, n_val: int, seed: int) -> TaskData:
             label=0 if len(w1) >= len(w2) else 1))
     train, val = examples[:n_train], examples[n_train:]
     return TaskData("word_length", (" FIRST", " SECOND"), train, val)
+
+
+# task.name -> generator(n_train, n_val, seed); a new generated task is one function above and one entry here.
+GENERATORS = {"password_match": password_match, "word_length": word_length}

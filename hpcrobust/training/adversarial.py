@@ -1,4 +1,4 @@
-"""One round of adversarial training: attack fresh training examples, grow the pool, train on a mix.
+"""What adversarial training decides in a round, apart from running the attack (sweep/round.py does that).
 
 Round r (r >= 1):
 1. attack a fresh random sample of `n_new_examples` training examples with the training attack,
@@ -14,31 +14,14 @@ Round r (r >= 1):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-import numpy as np
-
-from hpcrobust.attacks.base import run_attack
-from hpcrobust.attacks.engine import ScoringEngine
-from hpcrobust.attacks.registry import make_attack
-from hpcrobust.config import AttackConfig, SweepConfig
-from hpcrobust.models.classifier import Classifier
-from hpcrobust.models.flops import FlopCount
-from hpcrobust.parallel.comm import Comm
 from hpcrobust.rng import stream
-from hpcrobust.tasks.base import TaskData
-from hpcrobust.tasks.placement import clean_ids, encode
+from hpcrobust.tasks.base import Example
+from hpcrobust.tasks.placement import clean_ids
+from hpcrobust.training.config import AdvTrainConfig, FinetuneConfig
 from hpcrobust.training.pool import Pool
-from hpcrobust.training.trainer import TrainSpec, example_losses, train
-
-
-def scheduled_iterations(cfg: SweepConfig, rnd: int) -> int:
-    """Training-attack iterations in round `rnd` (1-based): linear from start to end over advtrain.rounds."""
-    adv = cfg.advtrain
-    if adv.rounds <= 1:
-        return adv.iterations_start
-    frac = (rnd - 1) / (adv.rounds - 1)
-    return int(round(adv.iterations_start + frac * (adv.iterations_end - adv.iterations_start)))
+from hpcrobust.training.trainer import TrainSpec
 
 
 def equal_compute_rounds(rounds: int, n_params: list[int]) -> list[int]:
@@ -48,52 +31,35 @@ def equal_compute_rounds(rounds: int, n_params: list[int]) -> list[int]:
     return [max(1, int(round(rounds * smallest / n))) for n in n_params]
 
 
-def train_attack_config(cfg: SweepConfig, rnd: int) -> AttackConfig:
-    base = next(a for a in cfg.train_attacks if a.name == cfg.advtrain.attack)
-    n_it = scheduled_iterations(cfg, rnd)
-    extra = {"n_attack_tokens": n_it} if base.type == "beast" else {}
-    return replace(base, n_iterations=n_it, n_examples=cfg.advtrain.n_new_examples, **extra)
+def attacked_examples(n_examples: int, n_train: int, seed: int, run_key: str, rnd: int) -> list[int]:
+    """Step 1: which training examples this round's attack sees (a fresh sample every round)."""
+    rng = stream(seed, run_key, rnd, "advtrain")
+    return sorted(rng.choice(n_train, size=min(n_examples, n_train), replace=False).tolist())
 
 
 @dataclass
-class RoundOutcome:
-    train_loss: float
-    attack_flops: FlopCount  # generating this round's adversarial examples (whole group)
-    train_flops: FlopCount  # training plus the pool's loss refresh (this rank; the caller sums the group)
+class RoundSet:
+    seqs: list[list[int]]
+    labels: list[int]
     n_adversarial: int
     n_clean: int
-    attack_success: float
 
 
-def adversarial_round(clf: Classifier, cfg: SweepConfig, task: TaskData, pool: Pool, run_key: str, seed: int,
-                      rnd: int, lr_scale: float, group: Comm) -> RoundOutcome:
-    adv, ft = cfg.advtrain, cfg.finetune
-    a = train_attack_config(cfg, rnd)
-    rng = stream(seed, run_key, rnd, "advtrain")
-    train_set = task.train
-    picked = sorted(rng.choice(len(train_set), size=min(a.n_examples, len(train_set)), replace=False).tolist())
-    encs = [(i, encode(clf.tokenizer, train_set[i], a.placement, a.infix_fraction, cfg.task.max_content_tokens))
-            for i in picked]
-    attack = make_attack(a, seed, run_key, rnd, clf, cfg.parallel.score_chunk, cfg.family, purpose="train")
-    # Every sampled example is attacked, including ones the model already gets wrong.
-    res = run_attack(attack, ScoringEngine(clf, cfg.parallel.score_chunk), group, encs,
-                     np.ones(len(encs), dtype=bool))
-    attack_flops = FlopCount(int(res.flops_nominal.sum()), int(res.flops_actual.sum()))
-    pool.add([enc.with_attack(t.tolist()) for (_, enc), t in zip(encs, res.tokens, strict=True)],
-             [enc.label for _, enc in encs], rnd, res.final_loss.tolist())
-
-    start = clf.meter.total.snapshot()
+def round_training_set(pool: Pool, adv: AdvTrainConfig, train_set: list[Example], tokenizer,
+                       max_content_tokens: int, seed: int, run_key: str, rnd: int) -> RoundSet:
+    """Step 3: adversarial examples from the pool, topped up with clean training examples."""
     n_adv = min(len(pool), math.floor(adv.max_adv_fraction * adv.max_examples))
     n_clean = min(len(train_set), adv.max_examples - n_adv)
     adv_idx = pool.sample(n_adv, adv.decay, adv.loss_rank_weight, stream(seed, run_key, rnd, "pool-sample"))
     clean_idx = sorted(stream(seed, run_key, rnd, "clean-sample").choice(len(train_set), size=n_clean,
                                                                           replace=False).tolist())
-    seqs = [pool.seqs[i] for i in adv_idx] + [clean_ids(clf.tokenizer, train_set[i], cfg.task.max_content_tokens)
+    seqs = [pool.seqs[i] for i in adv_idx] + [clean_ids(tokenizer, train_set[i], max_content_tokens)
                                                for i in clean_idx]
     labels = [pool.labels[i] for i in adv_idx] + [train_set[i].label for i in clean_idx]
-    spec = TrainSpec(adv.epochs, adv.lr * lr_scale, ft.batch_size, ft.micro_batch_size, 0.0, adv.schedule,
+    return RoundSet(seqs, labels, n_adv, n_clean)
+
+
+def round_spec(adv: AdvTrainConfig, ft: FinetuneConfig, lr_scale: float) -> TrainSpec:
+    """Step 4: the fine-tuning batch sizes with the round's own learning rate, schedule and optimizer."""
+    return TrainSpec(adv.epochs, adv.lr * lr_scale, ft.batch_size, ft.micro_batch_size, 0.0, adv.schedule,
                      adv.optimizer, ft.weight_decay)
-    tr = train(clf, seqs, labels, spec, group, seed, (run_key, "advtrain", rnd))
-    pool.losses = example_losses(clf, pool.seqs, pool.labels, ft.eval_batch_size, group).tolist()
-    success = float((res.first_success >= 0).mean()) if len(res.first_success) else float("nan")
-    return RoundOutcome(tr.mean_loss, attack_flops, clf.meter.total.since(start), n_adv, n_clean, success)

@@ -7,11 +7,19 @@ learns to ignore what appears there without any adversarial search.
 
 from __future__ import annotations
 
-from hpcrobust.attacks.vocab import allowed_tokens
 from hpcrobust.models.classifier import Classifier
+from hpcrobust.models.vocab import allowed_tokens
 from hpcrobust.rng import stream
 from hpcrobust.tasks.base import TaskData
 from hpcrobust.tasks.placement import clean_ids, encode
+from hpcrobust.training.config import FinetuneConfig
+from hpcrobust.training.trainer import TrainSpec
+
+
+def finetune_spec(ft: FinetuneConfig, lr_scale: float) -> TrainSpec:
+    """Round 0's optimizer settings (a size's lr_scale applied)."""
+    return TrainSpec(ft.epochs, ft.lr * lr_scale, ft.batch_size, ft.micro_batch_size, ft.warmup_frac,
+                     ft.schedule, ft.optimizer, ft.weight_decay)
 
 
 def finetune_sequences(clf: Classifier, task: TaskData, max_content_tokens: int, n_random: int, seed: int,

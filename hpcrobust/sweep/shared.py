@@ -1,4 +1,4 @@
-"""The parts of a round that every rank of the world takes part in, whatever run it owns.
+"""The parts of a round where ranks of different runs meet, whatever run each rank owns.
 
 - RandomToken candidates are drawn once on world rank 0 and broadcast, so every model size scores
   exactly the same candidates (when the sizes share a vocabulary).
@@ -12,66 +12,38 @@ none and only take part in the collectives.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 
-from hpcrobust.attacks.base import AttackResult
 from hpcrobust.attacks.ensemble import Member, run_ensemble_gcg
 from hpcrobust.attacks.random_token import RandomToken
 from hpcrobust.attacks.transfer import Source, Target, transfer_matrix
-from hpcrobust.config import ModelConfig, SweepConfig
-from hpcrobust.models.classifier import Classifier
-from hpcrobust.models.loading import load_tokenizer, resolve
+from hpcrobust.config import AttackConfig, SweepConfig
+from hpcrobust.models.loading import resolve
+from hpcrobust.models.vocab import cached_tokenizer, vocabulary_digest
 from hpcrobust.parallel.collectives import allgather_records, broadcast_candidates
-from hpcrobust.parallel.layout import Layout
-from hpcrobust.preflight import RunSpec
-from hpcrobust.store.schema import Record, attack_arrays, text_array, transfer_path
-
-
-@dataclass
-class RoundState:
-    """One run's round while it is being assembled (on the ranks of its group)."""
-
-    run: RunSpec
-    clf: Classifier
-    correct: np.ndarray  # [n_val] clean prediction correct
-    scalars: dict
-    arrays: dict = field(default_factory=dict)
-    results: dict[str, AttackResult] = field(default_factory=dict)
-
-    def add(self, res: AttackResult) -> None:
-        self.results[res.name] = res
-        self.arrays.update(attack_arrays(res))
-
-
-@lru_cache(maxsize=8)
-def _tokenizer(path: str, trust_remote_code: bool):
-    return load_tokenizer(path, ModelConfig(name_or_path=path, trust_remote_code=trust_remote_code))
-
-
-@lru_cache(maxsize=32)
-def _vocab_print(path: str, trust_remote_code: bool) -> str:
-    """Hashing a vocabulary is costly for large HF tokenizers: once per model, not once per round."""
-    vocab = _tokenizer(path, trust_remote_code).get_vocab()
-    return hashlib.sha256(repr(sorted(vocab.items())).encode()).hexdigest()
+from hpcrobust.store import schema as S
+from hpcrobust.store.schema import Record, text_array
+from hpcrobust.sweep.context import RoundState, SweepContext
+from hpcrobust.sweep.plan import RunSpec
 
 
 def shared_tokenizer(cfg: SweepConfig):
     """The tokenizer every model shares, or None when the models' vocabularies differ."""
-    keys = [(resolve(m, cfg.family).path, m.trust_remote_code) for m in cfg.models]
-    prints = {_vocab_print(str(p), t) for p, t in keys}
-    return _tokenizer(str(keys[0][0]), keys[0][1]) if len(prints) == 1 else None
+    keys = [(str(resolve(m, cfg.family).path), m.trust_remote_code) for m in cfg.models]
+    if len({vocabulary_digest(p, t) for p, t in keys}) != 1:
+        return None
+    return cached_tokenizer(*keys[0])
 
 
-def share_random_tokens(cfg: SweepConfig, layout: Layout, rnd: int) -> dict[tuple[int, str], np.ndarray]:
+def share_random_tokens(ctx: SweepContext, rnd: int) -> dict[tuple[int, str], np.ndarray]:
     """{(seed, attack): [example, iteration, token]} drawn on world rank 0 and broadcast to every rank."""
-    rt = [a for a in cfg.attacks if a.type == "random_token"]
+    cfg = ctx.cfg
+    rt = [a for a in cfg.attacks if a.type == RandomToken.type_name]
     if not rt:
         return {}
     tables = None
-    if layout.is_root:
+    if ctx.layout.is_root:
         tables = {}
         tok = shared_tokenizer(cfg)
         if tok is not None:
@@ -79,37 +51,44 @@ def share_random_tokens(cfg: SweepConfig, layout: Layout, rnd: int) -> dict[tupl
                 for a in rt:
                     attack = RandomToken(a, seed, ("eval", rnd, a.name), tok, cfg.parallel.score_chunk)
                     tables[(seed, a.name)] = attack.candidate_table(min(a.n_examples, cfg.task.n_val))
-    return broadcast_candidates(layout.world, tables)
+    return broadcast_candidates(ctx.layout.world, tables)
 
 
-def table_digest(table: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(table).tobytes()).hexdigest()
+def shared_candidate_arrays(a: AttackConfig, table: np.ndarray | None) -> dict[str, np.ndarray]:
+    """What a RandomToken attack records about the candidates it was given (nothing for other attacks)."""
+    if a.type != RandomToken.type_name:
+        return {}
+    shared = table is not None
+    digest = hashlib.sha256(np.ascontiguousarray(table).tobytes()).hexdigest() if shared else ""
+    return {S.attack_path(a.name, S.SHARED_CANDIDATES): np.int64(shared),
+            S.attack_path(a.name, S.CANDIDATES_SHA256): text_array([digest])}
 
 
-def ensemble_phase(cfg: SweepConfig, layout: Layout, rnd: int, active: list[RunSpec],
-                   held: dict[int, RoundState], val: list) -> None:
+def ensemble_phase(ctx: SweepContext, rnd: int, active: list[RunSpec], held: dict[int, RoundState]) -> None:
     """Every ensemble attack, on every seed's sizes together; results land in the leaders' RoundStates."""
+    cfg, layout = ctx.cfg, ctx.layout
     attacks = [a for a in cfg.attacks if a.ensemble]
     if not attacks:
         return
     lead = layout.is_group_leader
     correct = allgather_records(layout.world, {i: st.correct for i, st in held.items() if lead})
-    tok = _tokenizer(resolve(cfg.models[0], cfg.family).path, cfg.models[0].trust_remote_code)
+    tok = cached_tokenizer(resolve(cfg.models[0], cfg.family).path, cfg.models[0].trust_remote_code)
     for a in attacks:
         for seed in cfg.seeds:
             runs = [r for r in active if r.seed == seed]
             members = [Member(r.index, r.key, held[r.index].clf if (lead and r.index in held) else None,
                               correct[r.index]) for r in runs]
-            out = run_ensemble_gcg(a, members, layout.world, seed, rnd, val, cfg.parallel.score_chunk,
+            out = run_ensemble_gcg(a, members, layout.world, seed, rnd, ctx.task.val, cfg.parallel.score_chunk,
                                    cfg.task.max_content_tokens, tok)
             for i, res in out.items():
                 if i in held:
                     held[i].add(res)
 
 
-def transfer_phase(cfg: SweepConfig, layout: Layout, rnd: int, active: list[RunSpec],
-                   held: dict[int, RoundState], val: list) -> Record | None:
+def transfer_phase(ctx: SweepContext, rnd: int, active: list[RunSpec], held: dict[int, RoundState]
+                   ) -> Record | None:
     """The source x target ASR matrix of every (non-ensemble) evaluation attack; a Record on world rank 0."""
+    cfg, layout = ctx.cfg, ctx.layout
     attacks = [a for a in cfg.attacks if not a.ensemble]
     if not attacks or not active:
         return None
@@ -121,10 +100,10 @@ def transfer_phase(cfg: SweepConfig, layout: Layout, rnd: int, active: list[RunS
                                                   for st in held.values() if lead})
         sources = [Source(k, tokens[k]) for k in order]
         targets = [Target(st.run.index, st.run.key, st.clf, st.correct) for st in held.values() if lead]
-        mat = transfer_matrix(layout.world, a, sources, targets, order, val, cfg.parallel.score_chunk,
+        mat = transfer_matrix(layout.world, a, sources, targets, order, ctx.task.val, cfg.parallel.score_chunk,
                               cfg.task.max_content_tokens)
-        arrays[f"{a.name}/asr"] = mat
-        arrays[f"{a.name}/runs"] = text_array(order)
+        arrays[f"{a.name}/{S.TRANSFER_ASR}"] = mat
+        arrays[f"{a.name}/{S.TRANSFER_RUNS}"] = text_array(order)
     if not layout.is_root:
         return None
-    return Record(path=transfer_path(rnd), attrs={"round": rnd}, arrays=arrays)
+    return Record(path=S.transfer_path(rnd), attrs={"round": rnd}, arrays=arrays)

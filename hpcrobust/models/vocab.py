@@ -1,8 +1,14 @@
-"""Which tokens an attack may use, and the decode-then-encode check on candidates."""
+"""Which tokens an attack may use, the decode-then-encode check on candidates, and vocabulary identity."""
 
 from __future__ import annotations
 
+import hashlib
+from functools import lru_cache
+
 import numpy as np
+
+from hpcrobust.models.config import ModelConfig
+from hpcrobust.models.loading import load_tokenizer
 
 
 def _key(tokenizer) -> tuple:
@@ -43,3 +49,17 @@ def retokenizes(tokenizer, cands: np.ndarray) -> np.ndarray:
     for r in np.flatnonzero(same_len):
         padded[r] = enc[r]
     return same_len & (padded == cands).all(axis=1)
+
+
+@lru_cache(maxsize=16)
+def cached_tokenizer(path: str, trust_remote_code: bool = False):
+    """A model folder's tokenizer, loaded once per process (checks and cross-run phases ask repeatedly)."""
+    return load_tokenizer(path, ModelConfig(name_or_path=path, trust_remote_code=trust_remote_code))
+
+
+@lru_cache(maxsize=32)
+def vocabulary_digest(path: str, trust_remote_code: bool = False) -> str:
+    """Two models share a vocabulary when these are equal; hashed once per model (large HF vocabularies
+    are costly to compare), not once per round."""
+    vocab = cached_tokenizer(path, trust_remote_code).get_vocab()
+    return hashlib.sha256(repr(sorted(vocab.items())).encode()).hexdigest()

@@ -10,13 +10,22 @@ from __future__ import annotations
 import sys
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 from typing import TypeVar
 
 from hpcrobust import log as logmod
 from hpcrobust.config import SweepConfig, load_config
 from hpcrobust.errors import UserError
+from hpcrobust.models import family
 from hpcrobust.parallel.comm import Comm, world
+from hpcrobust.parallel.layout import Layout, make_layout
+from hpcrobust.store.results import ResultsFile
+from hpcrobust.store.writer import mpio_available
+from hpcrobust.sweep import checks, debug
+from hpcrobust.sweep.context import SweepContext
+from hpcrobust.sweep.driver import drive
+from hpcrobust.sweep.hooks import Hooks
+from hpcrobust.sweep.plan import SweepPlan
+from hpcrobust.tasks import TaskData
 
 T = TypeVar("T")
 
@@ -35,12 +44,12 @@ def agree(comm: Comm, fn: Callable[[], T]) -> T:
     return value
 
 
-def run_command(config: str, overrides: list[str], quiet: bool = False) -> int:
+def run_command(config: str, overrides: list[str], quiet: bool = False, hooks: Hooks | None = None) -> int:
     w = world()
     logmod.setup(w.rank, w.size, quiet)
     try:
         cfg = agree(w, lambda: load_config(config, overrides))
-        return run_config(cfg, quiet=quiet, source=config)
+        return run_config(cfg, quiet=quiet, source=config, hooks=hooks)
     except UserError as exc:
         if w.rank == 0:
             print(f"hpcrobust: error: {exc}", file=sys.stderr, flush=True)
@@ -59,52 +68,44 @@ def _from(source: str, fn: Callable[[], T]) -> Callable[[], T]:
     return wrapped
 
 
-def run_config(cfg: SweepConfig, quiet: bool = False, source: str = "config") -> int:
-    from hpcrobust.models import family
-    from hpcrobust.parallel.layout import make_layout
-    from hpcrobust.preflight import builtin_sizes, preflight
-    from hpcrobust.store.writer import SweepLock, clean_stale
-
+def run_config(cfg: SweepConfig, quiet: bool = False, source: str = "config", hooks: Hooks | None = None) -> int:
     w = world()
     logmod.setup(w.rank, w.size, quiet)
+    hooks = hooks or Hooks()
+    debug.attach(hooks, cfg.debug)
     layout = agree(w, _from(source, lambda: make_layout(cfg.parallel)))
-    out, task = agree(w, _from(source, lambda: preflight(cfg)))
-    lock = SweepLock(out)
-    agree(w, lambda: lock.acquire() if w.rank == 0 else None)
+    results, task = agree(w, _from(source, lambda: checks.before_work(cfg)))
+    sizes = agree(w, _from(source, lambda: checks.builtin_sizes(cfg)))
+    agree(w, lambda: results.acquire() if w.rank == 0 else None)
     try:
         if w.rank == 0:
-            clean_stale(out)
-        return _guarded(layout.world, lambda: _work(cfg, layout, task, out, family, builtin_sizes, quiet, source))
+            results.clean_stale()
+        return _guarded(layout.world, lambda: _work(cfg, layout, task, results, sizes, hooks, quiet, source))
     finally:
-        lock.release()
+        results.release()
 
 
-def _work(cfg, layout, task, out: Path, family, builtin_sizes, quiet: bool, source: str) -> int:
-    from hpcrobust.attacks.registry import check_attacks_with_tokenizers
-    from hpcrobust.sweep import Sweep
-
-    sizes = builtin_sizes(cfg)
+def _work(cfg: SweepConfig, layout: Layout, task: TaskData, results: ResultsFile, sizes: list[str], hooks: Hooks,
+          quiet: bool, source: str) -> int:
     if sizes and layout.is_root:
         family.ensure_built(cfg.family, sizes, show_progress=not quiet)
     layout.world.barrier()
-    agree(layout.world, _from(source, lambda: check_attacks_with_tokenizers(cfg)))
-    from hpcrobust.store.writer import mpio_available
-
+    agree(layout.world, _from(source, lambda: checks.with_tokenizers(cfg)))
     w = layout.world
     writer_kind = "parallel HDF5 (mpio)" if w.size > 1 and mpio_available() else "gathered to rank 0"
     logmod.log(f"{w.size} rank(s) in {layout.n_groups} group(s); device {layout.device},"
                f" {layout.threads} thread(s) per rank; results writer: {writer_kind}")
-    Sweep(cfg, layout, task, out).run()
+    drive(SweepContext(cfg, layout, task, results, SweepPlan(cfg), hooks))
     layout.world.barrier()
-    logmod.log(f"done: {out}")
+    logmod.log(f"done: {results.path}")
     return 0
 
 
 def _guarded(comm: Comm, fn: Callable[[], int]) -> int:
-    """Past preflight, an exception on one rank ends all ranks: print it once, then abort."""
+    """Past the checks, an exception on one rank ends all ranks: print it once, then abort."""
     try:
         return fn()
-    except SystemExit:  # every rank reaches the same deliberate exit (debug.stop_after_round)
+    except SystemExit:  # every rank reaches the same deliberate exit (debug.stop_after_round, a safe stop)
         raise
     except UserError as exc:
         if getattr(exc, "agreed", False):

@@ -1,0 +1,129 @@
+"""An attack entry of a config: the fields every attack has, plus the parameters of its type.
+
+YAML keeps one flat mapping per attack (`{name: gcg_suffix, type: gcg, topk: 128}`); the keys that
+are not common go to the parameter dataclass that the attack's plug-in declares, so a key that the
+type does not read is refused instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from hpcrobust.attacks.registry import attack_class, known_types
+from hpcrobust.errors import UserError
+from hpcrobust.fields import build, field_row, setting, to_data
+
+PLACEMENTS = ("suffix", "prefix", "infix", "overwrite")
+
+
+@dataclass
+class AttackParams:
+    """Base of every attack's own parameters (an attack without any uses it as is)."""
+
+
+@dataclass
+class EarlyStopParams(AttackParams):
+    """For attacks that can either stop an example at its first success or run every iteration."""
+
+    early_stop: bool = setting(True, doc="stop an example once its label flips")
+
+
+@dataclass
+class AttackConfig:
+    name: str = setting("gcg_suffix", doc="label in the results file")
+    type: str = setting("gcg", doc="attack algorithm (its own keys follow below)")
+    placement: str = setting("suffix", choices=PLACEMENTS, doc="where the attack tokens go")
+    infix_fraction: float = setting(0.9, lo=0.0, hi=1.0, doc="infix: token fraction of the content before the"
+                                    " attack")
+    n_examples: int = setting(50, lo=1, doc="validation examples attacked")
+    n_iterations: int = setting(10, lo=1, doc="propose-and-score steps per example")
+    n_attack_tokens: int = setting(10, lo=1, doc="attack length (BEAST: final length)")
+    params: AttackParams = field(default=None, metadata={"doc": "the type's own parameters"})  # type: ignore[assignment]
+
+    # Common keys that a training attack takes from advtrain.* instead (see TrainAttackConfig).
+    SCHEDULED: ClassVar[tuple[str, ...]] = ()
+    SCHEDULE_HINT: ClassVar[dict[str, str]] = {}
+
+    def __post_init__(self) -> None:
+        if self.params is None:
+            self.params = attack_class(self.type).Params()
+
+    @property
+    def plugin(self):
+        """The registered Attack subclass of this entry's type."""
+        return attack_class(self.type)
+
+    @property
+    def ensemble(self) -> bool:
+        return bool(getattr(self.params, "ensemble", False))
+
+    # ---------------------------------------------------------------- parsing and plain form
+    @classmethod
+    def common_fields(cls) -> list[dataclasses.Field]:
+        return [f for f in dataclasses.fields(cls) if f.name != "params"]
+
+    @classmethod
+    def scheduled(cls, plugin) -> tuple[str, ...]:
+        """Keys that are not the user's to set for this role and type."""
+        if not cls.SCHEDULED:
+            return ()
+        return cls.SCHEDULED + (("n_attack_tokens",) if plugin.length_is_iterations else ())
+
+    @classmethod
+    def from_data(cls, value: object, key: str) -> AttackConfig:
+        if not isinstance(value, dict):
+            raise UserError(f"{key}: expected a mapping, got {type(value).__name__}")
+        kind = value.get("type", "gcg")
+        if not isinstance(kind, str) or kind not in known_types():
+            raise UserError(f"{key}.type: {kind!r} is not a known attack (known: {', '.join(known_types())})")
+        plugin = attack_class(kind)
+        for k in cls.scheduled(plugin):
+            if k in value:
+                raise UserError(f"{key}.{k}: a training attack's {k} is set by advtrain.* each round"
+                                f" ({cls.SCHEDULE_HINT[k]}); remove it")
+        common = {f.name for f in cls.common_fields()}
+        own = {k: v for k, v in value.items() if k not in common}
+        keys = ", ".join(f.name for f in dataclasses.fields(plugin.Params)) or "none"
+        params = build(plugin.Params, own, key, unknown=f" (a {kind} attack's own keys: {keys})")
+        return build(cls, {k: v for k, v in value.items() if k in common}, key)._with(params)
+
+    def _with(self, params: AttackParams) -> AttackConfig:
+        self.params = params
+        return self
+
+    def to_data(self) -> dict:
+        skip = set(self.scheduled(self.plugin)) | {"params"}
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
+        out.update(to_data(self.params))
+        return out
+
+    @classmethod
+    def describe_rows(cls, prefix: str, section: str) -> list[tuple[str, str, str]]:
+        rows = []
+        for f in cls.common_fields():
+            if f.name in cls.SCHEDULED:
+                continue
+            key, default, doc = field_row(f, prefix + f.name)
+            if f.name == "type":
+                doc += f" [{'|'.join(known_types())}]"
+            rows.append((key, default, doc))
+        by_key: dict[str, list] = {}
+        for kind in known_types():
+            for f in dataclasses.fields(attack_class(kind).Params):
+                by_key.setdefault(f.name, [f, []])[1].append(kind)
+        for name, (f, kinds) in by_key.items():
+            rows.append(field_row(f, prefix + name, note=f"{'/'.join(kinds)}: "))
+        return rows
+
+
+@dataclass
+class TrainAttackConfig(AttackConfig):
+    """The attack that adversarial training runs: its examples and iterations follow advtrain.*."""
+
+    SCHEDULED = ("n_examples", "n_iterations")
+    SCHEDULE_HINT = {"n_examples": "advtrain.n_new_examples",
+                     "n_iterations": "advtrain.iterations_start to advtrain.iterations_end",
+                     "n_attack_tokens": "it grows one token per iteration"}
+

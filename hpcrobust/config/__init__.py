@@ -1,0 +1,194 @@
+"""A sweep's config: YAML -> typed dataclasses, `key.sub=value` overrides, one-line errors.
+
+Each part of the package owns its settings (tasks/config.py, models/config.py, attacks/config.py with
+each attack's own parameters, training/config.py, parallel/config.py, config/launch.py); this module
+assembles them into `SweepConfig` and checks what involves more than one part. Everything a sweep
+does is decided here, before any work starts, so a bad value costs one line and exit 2 rather than a
+traceback an hour into a job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hpcrobust.attacks.config import AttackConfig, TrainAttackConfig
+from hpcrobust.config.launch import LaunchConfig, directive_safe, slurm_minutes
+from hpcrobust.errors import UserError
+from hpcrobust.fields import build, setting, to_data
+from hpcrobust.fields import describe as describe_fields
+from hpcrobust.models.config import FamilyConfig, ModelConfig, model_label
+from hpcrobust.parallel.config import ParallelConfig
+from hpcrobust.store.identity import science_hash_of
+from hpcrobust.tasks.config import TaskConfig
+from hpcrobust.training.config import AdvTrainConfig, FinetuneConfig
+
+__all__ = ["AdvTrainConfig", "AttackConfig", "DebugConfig", "FamilyConfig", "FinetuneConfig", "LaunchConfig",
+           "ModelConfig", "ParallelConfig", "SweepConfig", "TaskConfig", "TrainAttackConfig", "config_from_dict",
+           "describe", "directive_safe", "load_config", "model_label", "science_hash", "slurm_minutes", "to_dict",
+           "to_yaml"]
+
+
+@dataclass
+class DebugConfig:
+    """Test-only switches; they act through the sweep's hooks (sweep/debug.py), not inside its loop."""
+
+    fail_rank: int = setting(-1, lo=-1, doc="raise on this world rank (test-only)")
+    fail_round: int = setting(0, lo=0, doc="... when this round starts")
+    stop_after_round: int = setting(-1, lo=-1, doc="exit 3 after committing this round (resume tests)")
+
+
+@dataclass
+class SweepConfig:
+    output: str = setting("results.h5", doc="results file (HDF5); checkpoints go to <output>.ckpt/")
+    seeds: list[int] = setting(factory=lambda: [0], doc="one run per (model, seed)")
+    task: TaskConfig = setting(factory=TaskConfig)
+    models: list[ModelConfig] = setting(factory=lambda: [ModelConfig()])
+    family: FamilyConfig = setting(factory=FamilyConfig)
+    finetune: FinetuneConfig = setting(factory=FinetuneConfig)
+    attacks: list[AttackConfig] = setting(factory=list, doc="evaluation attacks, run after every round")
+    train_attacks: list[TrainAttackConfig] = setting(factory=list, doc="attacks that adversarial training may use")
+    advtrain: AdvTrainConfig = setting(factory=AdvTrainConfig)
+    parallel: ParallelConfig = setting(factory=ParallelConfig)
+    launch: LaunchConfig = setting(factory=LaunchConfig)
+    debug: DebugConfig = setting(factory=DebugConfig)
+
+    def train_attack(self) -> TrainAttackConfig:
+        return next(a for a in self.train_attacks if a.name == self.advtrain.attack)
+
+
+def _validate(cfg: SweepConfig) -> None:
+    """Checks that involve more than one field."""
+    if not cfg.models:
+        raise UserError("models: at least one model is needed")
+    if not cfg.seeds:
+        raise UserError("seeds: at least one seed is needed")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise UserError("seeds: seeds repeat")
+    if any(s < 0 for s in cfg.seeds):
+        raise UserError("seeds: seeds must be >= 0")
+    cfg.task.validate()
+    cfg.finetune.validate()
+    if not cfg.output:
+        raise UserError("output: empty path")
+    labels = [model_label(m) for m in cfg.models]
+    if len(set(labels)) != len(labels):
+        raise UserError("models: two models have the same label; set models.N.label")
+    for group in ("attacks", "train_attacks"):
+        names = [a.name for a in getattr(cfg, group)]
+        if len(set(names)) != len(names):
+            raise UserError(f"{group}: attack names repeat")
+    for i, m in enumerate(cfg.models):
+        if m.rounds > cfg.advtrain.rounds:
+            raise UserError(f"models.{i}.rounds: {m.rounds} rounds, but the training-attack schedule"
+                            f" (advtrain.rounds) only has {cfg.advtrain.rounds}")
+    if cfg.advtrain.rounds > 0 or any(m.rounds > 0 for m in cfg.models):
+        names = [a.name for a in cfg.train_attacks]
+        if cfg.advtrain.attack not in names:
+            raise UserError(f"advtrain.attack: '{cfg.advtrain.attack}' is not defined in train_attacks"
+                            f" (defined: {', '.join(names) or 'none'})")
+    cfg.launch.validate(len(cfg.seeds))
+
+
+# ---------------------------------------------------------------- overrides
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(data: dict, override: str) -> None:
+    """Set `a.b.c=value` in the raw mapping; list items are addressed by index (`models.0.label=x`)."""
+    if "=" not in override:
+        raise UserError(f"override '{override}': expected key.sub=value")
+    key, text = override.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise UserError(f"override '{override}': empty key")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise UserError(f"override '{override}': no item {where}")
+            node = node[int(part)]
+        else:
+            if part not in node or node[part] is None:
+                node[part] = {}
+            node = node[part]
+        if not isinstance(node, (dict, list)):
+            raise UserError(f"override '{override}': {where} is not a mapping")
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise UserError(f"override '{override}': no item {key}")
+        node[int(last)] = _parse_value(text)
+    else:
+        node[last] = _parse_value(text)
+
+
+# ---------------------------------------------------------------- loading
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}:{where} is not valid YAML") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the top level must be a mapping")
+    return config_from_dict(data, overrides, source=str(path))
+
+
+def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = (), source: str = "config"
+                     ) -> SweepConfig:
+    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy of plain data
+
+    def expand_models() -> None:  # so that `models.0.label=x` can address a `- builtin:s` entry
+        if isinstance(data.get("models"), list):
+            data["models"] = [{"name_or_path": m} if isinstance(m, str) else m for m in data["models"]]
+
+    expand_models()
+    defaults = to_dict(SweepConfig())
+    try:
+        for ov in overrides:
+            top = ov.split("=", 1)[0].split(".")[0]
+            if top not in data and top in defaults:  # an override into a default list or section
+                data[top] = defaults[top]
+            apply_override(data, ov)
+            expand_models()
+        cfg = build(SweepConfig, data, "")
+        _validate(cfg)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as plain data: what YAML holds and what the results file stores."""
+    return to_data(cfg)
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def science_hash(cfg: SweepConfig) -> str:
+    """Hash of everything that decides the stored numbers; a rerun must match it to append to a file."""
+    return science_hash_of(to_dict(cfg))
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(key, default, doc) for every config key, for --help and the README."""
+    return describe_fields(SweepConfig)

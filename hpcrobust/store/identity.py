@@ -1,0 +1,50 @@
+"""Which config keys decide the stored numbers: the one home of that rule.
+
+`science_hash_of` identifies a sweep's results file (a rerun may only add to a file with the same
+hash); `sweep_key_of` groups files of one experiment in the analysis, which also ignores `seeds` and
+`models` so that per-seed or per-size files merge. Both work on the plain config mapping stored in
+every results file, so neither needs the config classes (nor torch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import yaml
+
+NOT_SCIENCE = ("output", "launch", "debug")  # where results go and how the job is run
+NOT_SWEEP = NOT_SCIENCE + ("seeds", "models")  # a sweep may be split by seed or size across files
+SCIENCE_PARALLEL = ("score_chunk", "device")  # of parallel.*, only these can change a number
+
+# Before attacks declared their own parameters (schema v1 files), every attack entry carried every key
+# below. Filling in the keys an entry's type does not have keeps the identity of such files, so a sweep
+# started by an older version resumes, and files of both versions merge in the analysis.
+LEGACY_ATTACK_DEFAULTS: dict[str, Any] = {
+    "n_examples": 50, "n_iterations": 10, "n_attack_tokens": 10, "search_width": 128, "topk": 256,
+    "n_replace": 1, "buffer_size": 1, "init_string": "", "beam_width": 8, "branching": 8, "sampler": "",
+    "ensemble": False, "early_stop": True,
+}
+
+
+def science(config: dict, drop: tuple[str, ...] = NOT_SCIENCE) -> dict:
+    """The stored config minus `drop`, with parallel.* reduced and attack entries in their full form."""
+    d = {k: v for k, v in config.items() if k not in drop}
+    par = d.get("parallel") or {}
+    d["parallel"] = {k: par.get(k) for k in SCIENCE_PARALLEL}
+    for group in ("attacks", "train_attacks"):
+        if isinstance(d.get(group), list):
+            d[group] = [{**LEGACY_ATTACK_DEFAULTS, **a} if isinstance(a, dict) else a for a in d[group]]
+    return d
+
+
+def _digest(d: dict, n: int) -> str:
+    return hashlib.sha256(yaml.safe_dump(d, sort_keys=True).encode()).hexdigest()[:n]
+
+
+def science_hash_of(config: dict) -> str:
+    return _digest(science(config), 16)
+
+
+def sweep_key_of(config: dict) -> str:
+    return _digest(science(config, NOT_SWEEP), 12)

@@ -1,0 +1,166 @@
+"""The one object that owns a sweep's results file and everything that lives beside it.
+
+    results.h5                  the file (replaced atomically by every commit; see writer.py)
+    .results.h5.commit.tmp      a commit in progress (removed by the next lock holder if one was killed)
+    results.h5.lock             one writer at a time (flock)
+    results.h5.ckpt/<run>/round_RRRR/   what a later round resumes from
+
+The path is resolved first, so a symlink to the file gets the real file's lock and a commit keeps
+the link. Whether an existing file may be added to, which rounds are committed, committing and
+reading all go through here.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import yaml
+
+from hpcrobust.errors import UserError
+from hpcrobust.parallel.comm import Comm
+from hpcrobust.store import writer
+from hpcrobust.store.schema import COMMITTED, FORMAT, ROUNDS, RUNS, SCHEMA_VERSION, TRANSFER, Record
+
+TRANSFER_KEY = "__transfer__"  # committed_rounds(): the rounds whose transfer matrix is committed
+
+
+def committed_id(gid) -> bool:
+    """The committed mark on a group (low-level id): present and equal to 1. Readers ignore anything else."""
+    name = COMMITTED.encode()
+    if not h5py.h5a.exists(gid, name):
+        return False
+    arr = np.empty((), np.int64)
+    h5py.h5a.open(gid, name).read(arr)
+    return int(arr) == 1
+
+
+def is_committed(g: h5py.Group) -> bool:
+    return committed_id(g.id)
+
+
+class ResultsFile:
+    def __init__(self, path: str | Path) -> None:
+        p = Path(path).expanduser()
+        self.path = p.resolve() if p.parent.exists() else p.absolute()
+        self._lock = None
+
+    def __repr__(self) -> str:
+        return f"ResultsFile({str(self.path)!r})"
+
+    # ---------------------------------------------------------------- what lives beside it
+    @property
+    def lock_path(self) -> Path:
+        return Path(str(self.path) + ".lock")
+
+    @property
+    def tmp_path(self) -> Path:
+        return self.path.with_name(f".{self.path.name}.commit.tmp")
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return Path(str(self.path) + ".ckpt")
+
+    def checkpoint_dir(self, run_key: str, rnd: int) -> Path:
+        return self.checkpoint_root / run_key / f"round_{rnd:04d}"
+
+    # ---------------------------------------------------------------- before a sweep writes
+    def check_writable_by(self, science_hash: str) -> None:
+        """A new file may be created here, or the file that exists is ours and holds this same sweep."""
+        if self.path.is_dir():
+            raise UserError(f"output {self.path} is a folder; give a file path such as {self.path / 'results.h5'}")
+        if not self.path.parent.is_dir():
+            raise UserError(f"output folder does not exist: {self.path.parent}")
+        if not self.path.exists():
+            return
+        try:
+            with h5py.File(self.path, "r") as f:
+                fmt, ver, sh = (f.attrs.get(k) for k in ("format", "schema_version", "science_hash"))
+        except OSError:
+            raise UserError(f"output {self.path} exists and is not an HDF5 file; refusing to overwrite it") from None
+        if fmt != FORMAT:
+            raise UserError(f"output {self.path} is an HDF5 file from another program; refusing to overwrite it")
+        if int(ver) != SCHEMA_VERSION:
+            raise UserError(f"output {self.path} has results schema v{ver}, this hpcrobust writes v{SCHEMA_VERSION}")
+        if sh != science_hash:
+            raise UserError(f"output {self.path} holds a sweep with a different config; choose another output")
+
+    def _busy(self) -> UserError:
+        return UserError(f"another sweep is writing {self.path} (lock {self.lock_path} is held); wait for it or"
+                         f" choose another output")
+
+    def acquire(self) -> None:
+        """One writer per file: a second sweep on the same file is refused, not interleaved."""
+        fh = open(self.lock_path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise self._busy() from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.uname().nodename}:{os.getpid()}\n")
+        fh.flush()
+        self._lock = fh
+
+    def release(self) -> None:
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def check_not_locked(self) -> None:
+        """Refuse if another sweep holds the lock; only probes (read-only), so a dry run writes nothing."""
+        if not self.lock_path.is_file():
+            return
+        with open(self.lock_path) as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fh, fcntl.LOCK_UN)
+            except BlockingIOError:
+                raise self._busy() from None
+
+    def clean_stale(self) -> None:
+        """A commit that was killed leaves its temporary file; the lock holder removes it."""
+        self.tmp_path.unlink(missing_ok=True)
+
+    # ---------------------------------------------------------------- writing
+    def commit(self, world: Comm, header: dict, mine: list[Record]) -> int:
+        """Collective: every rank brings the records it owns; they become visible together, atomically."""
+        return writer.commit(world, self.path, self.tmp_path, header, mine)
+
+    # ---------------------------------------------------------------- reading
+    def open(self) -> h5py.File:
+        """The file for reading, once it is known to be an hpcrobust results file of this schema."""
+        if not self.path.is_file():
+            raise UserError(f"results file not found: {self.path}")
+        try:
+            f = h5py.File(self.path, "r")
+        except OSError:
+            raise UserError(f"{self.path} is not an HDF5 file") from None
+        if f.attrs.get("format") != FORMAT:
+            f.close()
+            raise UserError(f"{self.path} is an HDF5 file but not an hpcrobust results file")
+        if int(f.attrs.get("schema_version", -1)) != SCHEMA_VERSION:
+            ver = f.attrs.get("schema_version")
+            f.close()
+            raise UserError(f"{self.path} has schema v{ver}; this hpcrobust reads v{SCHEMA_VERSION}")
+        return f
+
+    def committed_rounds(self) -> dict[str, set[int]]:
+        """{run: {rounds}}, plus TRANSFER_KEY for the rounds whose transfer matrix is committed."""
+        out: dict[str, set[int]] = {}
+        if not self.path.exists():
+            return out
+        with self.open() as f:
+            for run, g in f.get(RUNS, {}).items():
+                out[run] = {int(r) for r, rg in g[ROUNDS].items() if is_committed(rg)}
+            out[TRANSFER_KEY] = {int(r) for r, g in f.get(TRANSFER, {}).items() if is_committed(g)}
+        return out
+
+    def stored_config(self) -> dict:
+        with self.open() as f:
+            return yaml.safe_load(f.attrs["config"])

@@ -1,0 +1,56 @@
+"""A run's round checkpoint: everything a later round (or a resumed sweep) starts from.
+
+    <output>.ckpt/<run>/round_RRRR/     the classifier (HF folder, safetensors), the adversarial pool,
+                                        and the cumulative defense compute so far
+
+A round starts from the checkpoint of its previous round whether the sweep was interrupted or not,
+so a resumed sweep stores exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import replace
+
+from hpcrobust.models.classifier import Classifier
+from hpcrobust.models.config import model_label
+from hpcrobust.models.loading import load_classifier, save_classifier
+from hpcrobust.sweep.context import SweepContext
+from hpcrobust.sweep.plan import RunSpec
+from hpcrobust.training.pool import Pool
+
+POOL_FILE = "adversarial_pool.npz"
+STATE_FILE = "hpcrobust_state.json"
+
+
+def load_model(ctx: SweepContext, run: RunSpec, rnd: int) -> Classifier:
+    """Round 0: the configured model with a fresh head; later rounds: the previous round's checkpoint."""
+    m = ctx.model(run)
+    if rnd == 0:
+        return load_classifier(m, ctx.cfg.family, ctx.layout.device, run.seed)
+    prev = ctx.results.checkpoint_dir(run.key, rnd - 1)
+    if not (prev / "config.json").is_file():
+        raise RuntimeError(f"checkpoint of round {rnd - 1} for {run.key} is missing: {prev}")
+    saved = replace(m, name_or_path=str(prev), label=model_label(m))
+    return load_classifier(saved, ctx.cfg.family, ctx.layout.device, run.seed)
+
+
+def load_state(ctx: SweepContext, run: RunSpec, rnd: int) -> tuple[Pool, int]:
+    """The adversarial pool and cumulative defense FLOPs after round `rnd`."""
+    prev = ctx.results.checkpoint_dir(run.key, rnd)
+    pool = Pool.load(prev / POOL_FILE)
+    return pool, json.loads((prev / STATE_FILE).read_text())["defense_flops_cum"]
+
+
+def save(ctx: SweepContext, clf: Classifier, run: RunSpec, rnd: int, pool: Pool, defense_cum: int) -> None:
+    """Written to a temporary folder and renamed, so a checkpoint is either whole or absent."""
+    final = ctx.results.checkpoint_dir(run.key, rnd)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_classifier(clf, tmp)
+    pool.save(tmp / POOL_FILE)
+    (tmp / STATE_FILE).write_text(json.dumps({"defense_flops_cum": int(defense_cum)}))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)

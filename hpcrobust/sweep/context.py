@@ -1,0 +1,50 @@
+"""What every step of a sweep is handed: one context instead of long argument lists."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hpcrobust.attacks.base import AttackEnv, AttackResult
+from hpcrobust.config import ModelConfig, SweepConfig
+from hpcrobust.models.classifier import Classifier
+from hpcrobust.parallel.layout import Layout
+from hpcrobust.store.results import ResultsFile
+from hpcrobust.store.schema import attack_arrays
+from hpcrobust.sweep.hooks import Hooks
+from hpcrobust.sweep.plan import RunSpec, SweepPlan
+from hpcrobust.tasks import TaskData
+
+
+@dataclass
+class SweepContext:
+    cfg: SweepConfig
+    layout: Layout
+    task: TaskData
+    results: ResultsFile
+    plan: SweepPlan
+    hooks: Hooks = field(default_factory=Hooks)
+
+    def model(self, run: RunSpec) -> ModelConfig:
+        return self.cfg.models[run.model_index]
+
+    def attack_env(self, run: RunSpec, rnd: int, clf: Classifier, purpose: str = "eval",
+                   shared: np.ndarray | None = None) -> AttackEnv:
+        return AttackEnv(run.seed, purpose, run.key, rnd, clf, self.cfg.parallel.score_chunk, self.cfg.family,
+                         shared)
+
+@dataclass
+class RoundState:
+    """One run's round while it is being assembled (on the ranks of its group)."""
+
+    run: RunSpec
+    clf: Classifier
+    correct: np.ndarray  # [n_val] clean prediction correct
+    scalars: dict
+    arrays: dict = field(default_factory=dict)
+    results: dict[str, AttackResult] = field(default_factory=dict)
+
+    def add(self, res: AttackResult) -> None:
+        self.results[res.name] = res
+        self.arrays.update(attack_arrays(res))

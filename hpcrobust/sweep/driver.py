@@ -1,0 +1,48 @@
+"""The sweep loop: every run through every round, committed round by round.
+
+Rounds are the outer loop. In round r every group works through its runs (sweep/round.py), the
+ranks of different runs meet for the shared phases (sweep/shared.py), then all ranks commit round r
+together. A round that is already committed is skipped, so a rerun resumes where a sweep stopped.
+"""
+
+from __future__ import annotations
+
+from hpcrobust.log import log
+from hpcrobust.parallel.collectives import broadcast_from_root
+from hpcrobust.sweep.context import SweepContext
+from hpcrobust.sweep.round import record, run_round
+from hpcrobust.sweep.shared import ensemble_phase, share_random_tokens, transfer_phase
+
+
+def drive(ctx: SweepContext) -> None:
+    lay, plan = ctx.layout, ctx.plan
+    done = broadcast_from_root(lay.world, ctx.results.committed_rounds() if lay.is_root else None)
+    bar = None
+    if lay.is_root:
+        from tqdm import tqdm
+
+        total = sum(plan.n_rounds(r) + 1 for r in plan.runs)
+        already = sum(len(done.get(r.key, ())) for r in plan.runs)
+        bar = tqdm(total=total, initial=already, desc="sweep", unit="round", dynamic_ncols=True)
+    header = plan.header()
+    ctx.hooks.fire("sweep_started", ctx)
+    for rnd in range(plan.max_round + 1):
+        active = plan.active(rnd)
+        if all(rnd in done.get(r.key, set()) for r in active):
+            continue  # committed (with its transfer matrix) in an earlier attempt
+        ctx.hooks.fire("round_started", ctx, rnd)
+        tables = share_random_tokens(ctx, rnd)
+        held = {i: run_round(ctx, plan.runs[i], rnd, tables)
+                for i in lay.runs_of_group(len(plan.runs)) if plan.runs[i] in active}
+        ensemble_phase(ctx, rnd, active, held)
+        transfer = transfer_phase(ctx, rnd, active, held)
+        mine = [record(ctx, st, rnd) for st in held.values()] if lay.is_group_leader else []
+        n = ctx.results.commit(lay.world, header, mine + ([transfer] if transfer else []))
+        if bar is not None:
+            bar.update(len(active))
+        if n:
+            log(f"round {rnd}: committed {len(active)} run(s) to {ctx.results.path}")
+        ctx.hooks.fire("round_committed", ctx, rnd, n)
+    if bar is not None:
+        bar.close()
+    ctx.hooks.fire("sweep_finished", ctx)

@@ -1,0 +1,34 @@
+"""Named points of a sweep that other code attaches to, instead of patching the sweep.
+
+Every rank fires every event at the same point of the sweep (right after a collective), so a
+callback may itself take part in a collective, or raise to stop every rank together:
+
+    sweep_started(ctx)              the checks passed, the lock is held, before round 0
+    round_started(ctx, rnd)         a round that is not yet committed is about to run
+    round_committed(ctx, rnd, n)    round `rnd` (n records) is in the file
+    sweep_finished(ctx)             every round of every run is committed
+
+The SLURM safe stop (launch/safestop.py) and the test switches (sweep/debug.py) attach here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+EVENTS = ("sweep_started", "round_started", "round_committed", "sweep_finished")
+
+
+@dataclass
+class Hooks:
+    callbacks: dict[str, list[Callable[..., Any]]] = field(default_factory=lambda: {e: [] for e in EVENTS})
+
+    def on(self, event: str, fn: Callable[..., Any]) -> None:
+        if event not in self.callbacks:
+            raise ValueError(f"unknown sweep event '{event}' (events: {', '.join(EVENTS)})")
+        self.callbacks[event].append(fn)
+
+    def fire(self, event: str, *args: Any) -> None:
+        for fn in self.callbacks[event]:
+            fn(*args)

@@ -1,0 +1,156 @@
+"""One round of one run, on the ranks of its group: load, train, evaluate, checkpoint, record.
+
+    run_round
+      checkpoint.load_model            round 0: the configured model; later: the previous checkpoint
+      finetune (round 0)               clean fine-tuning, optionally with the random-token defense
+      adversarial (round >= 1)         attack fresh training examples, grow the pool, train on a mix
+      clean_accuracy                   predictions on the validation split
+      evaluate                         every (non-ensemble) evaluation attack
+      checkpoint.save                  what the next round starts from
+    record                             the round as one Record of the results file
+
+A new per-round number is declared in store/schema.py and computed here.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from hpcrobust.attacks.base import AttackResult, run_attack
+from hpcrobust.attacks.engine import ScoringEngine
+from hpcrobust.config import AttackConfig
+from hpcrobust.log import log
+from hpcrobust.models.classifier import Classifier
+from hpcrobust.models.config import model_label
+from hpcrobust.models.flops import FlopCount
+from hpcrobust.store import schema as S
+from hpcrobust.store.schema import Record
+from hpcrobust.sweep import checkpoint
+from hpcrobust.sweep.context import RoundState, SweepContext
+from hpcrobust.sweep.plan import RunSpec
+from hpcrobust.sweep.shared import shared_candidate_arrays
+from hpcrobust.tasks.placement import clean_ids, encode
+from hpcrobust.training.adversarial import attacked_examples, round_spec, round_training_set
+from hpcrobust.training.finetune import finetune_sequences, finetune_spec
+from hpcrobust.training.pool import Pool
+from hpcrobust.training.trainer import example_losses, predict, train
+
+
+def run_round(ctx: SweepContext, run: RunSpec, rnd: int, tables: dict) -> RoundState:
+    """Train (or fine-tune) and evaluate one run for one round; `tables` are the shared RandomToken draws."""
+    t0 = time.time()
+    lay = ctx.layout
+    clf = checkpoint.load_model(ctx, run, rnd)
+    if rnd == 0:
+        pool, scalars = Pool(), finetune(ctx, clf, run)
+    else:
+        pool, prev_cum = checkpoint.load_state(ctx, run, rnd - 1)
+        scalars = adversarial(ctx, clf, run, rnd, pool, prev_cum)
+    pred, acc = clean_accuracy(ctx, clf)
+    scalars[S.CLEAN_ACCURACY] = acc
+    log(f"{run.key} round {rnd}: clean accuracy {acc:.3f} train loss {scalars[S.TRAIN_LOSS]:.3f}"
+        f" ({time.time() - t0:.1f}s)", all_ranks=lay.is_group_leader)
+    labels = np.array([e.label for e in ctx.task.val])
+    state = RoundState(run, clf, pred == labels, scalars)
+    for a in ctx.cfg.attacks:
+        if a.ensemble:
+            continue  # run with every size at once, in the cross-run phase (sweep/shared.py)
+        table = tables.get((run.seed, a.name))
+        res = evaluate(ctx, a, clf, run, rnd, pred, table)
+        state.add(res)
+        state.arrays.update(shared_candidate_arrays(a, table))
+        log(f"{run.key} round {rnd}: {a.name} ASR {res.asr[-1]:.3f} after {len(res.asr) - 1} iterations"
+            f" ({res.wall_time:.1f}s)", all_ranks=lay.is_group_leader)
+    if lay.is_group_leader:
+        checkpoint.save(ctx, clf, run, rnd, pool, scalars[S.DEFENSE_FLOPS_CUM])
+    scalars.update({S.WALL_TIME: lay.group.allreduce_max(time.time() - t0), S.N_PARAMS: clf.n_params,
+                    S.PRETRAIN_FLOPS: float(clf.pretrain_flops)})
+    return state
+
+
+def record(ctx: SweepContext, st: RoundState, rnd: int) -> Record:
+    run, m = st.run, ctx.model(st.run)
+    meta = {S.MODEL: m.name_or_path, S.MODEL_LABEL: model_label(m), S.SEED: run.seed, S.TASK: ctx.cfg.task.name,
+            S.RUN_INDEX: run.index, S.PLANNED_ROUNDS: ctx.plan.n_rounds(run)}
+    return Record(path=S.round_path(run.key, rnd), attrs={"round": rnd}, scalars=st.scalars, arrays=st.arrays,
+                  parent_attrs={S.run_path(run.key): meta})
+
+
+def group_flops(ctx: SweepContext, spent: FlopCount) -> FlopCount:
+    """FLOPs spent by every rank of the group (each rank counts only what it computed)."""
+    total = FlopCount()
+    for part in ctx.layout.group.allgather(spent):
+        total.add(part)
+    return total
+
+
+def finetune(ctx: SweepContext, clf: Classifier, run: RunSpec) -> dict[str, float]:
+    """Round 0: clean fine-tuning."""
+    ft, m = ctx.cfg.finetune, ctx.model(run)
+    start = clf.meter.total.snapshot()
+    n_random = m.random_token_defense if m.random_token_defense >= 0 else ft.random_token_defense
+    seqs = finetune_sequences(clf, ctx.task, ctx.cfg.task.max_content_tokens, n_random, run.seed, run.key)
+    res = train(clf, seqs, [e.label for e in ctx.task.train], finetune_spec(ft, m.lr_scale), ctx.layout.group,
+                run.seed, (run.key, "finetune"))
+    spent = group_flops(ctx, clf.meter.total.since(start))
+    return {S.TRAIN_LOSS: res.mean_loss, S.FLOPS_NOMINAL: spent.nominal, S.FLOPS_ACTUAL: spent.actual,
+            S.FINETUNE_FLOPS: spent.nominal, S.DEFENSE_FLOPS: 0, S.DEFENSE_FLOPS_CUM: 0,
+            S.TRAIN_ATTACK_ITERATIONS: 0, S.TRAIN_ATTACK_SUCCESS: float("nan"), S.N_ADVERSARIAL: 0,
+            S.N_CLEAN: len(seqs)}
+
+
+def adversarial(ctx: SweepContext, clf: Classifier, run: RunSpec, rnd: int, pool: Pool,
+                prev_cum: int) -> dict[str, float]:
+    """Round >= 1: attack fresh training examples, add them to the pool, train on pool + clean examples,
+    then refresh every pool entry's loss under the new model (training/adversarial.py has the rules)."""
+    cfg, group = ctx.cfg, ctx.layout.group
+    adv, m, train_set = cfg.advtrain, ctx.model(run), ctx.task.train
+    n_it = adv.scheduled_iterations(rnd)
+    base = cfg.train_attack()
+    a = base.plugin.for_training(base, n_it, adv.n_new_examples)
+    picked = attacked_examples(a.n_examples, len(train_set), run.seed, run.key, rnd)
+    encs = [(i, encode(clf.tokenizer, train_set[i], a.placement, a.infix_fraction, cfg.task.max_content_tokens))
+            for i in picked]
+    attack = a.plugin.build(a, ctx.attack_env(run, rnd, clf, purpose="train"))
+    # Every sampled example is attacked, including ones the model already gets wrong.
+    res = run_attack(attack, ScoringEngine(clf, cfg.parallel.score_chunk), group, encs,
+                     np.ones(len(encs), dtype=bool))
+    attack_flops = int(res.flops_nominal.sum())
+    pool.add([enc.with_attack(t.tolist()) for (_, enc), t in zip(encs, res.tokens, strict=True)],
+             [enc.label for _, enc in encs], rnd, res.final_loss.tolist())
+
+    start = clf.meter.total.snapshot()
+    rs = round_training_set(pool, adv, train_set, clf.tokenizer, cfg.task.max_content_tokens, run.seed, run.key, rnd)
+    scale = m.adv_lr_scale if m.adv_lr_scale >= 0 else m.lr_scale
+    tr = train(clf, rs.seqs, rs.labels, round_spec(adv, cfg.finetune, scale), group, run.seed,
+               (run.key, "advtrain", rnd))
+    pool.losses = example_losses(clf, pool.seqs, pool.labels, cfg.finetune.eval_batch_size, group).tolist()
+    spent = group_flops(ctx, clf.meter.total.since(start))
+    success = float((res.first_success >= 0).mean()) if len(res.first_success) else float("nan")
+    defense = attack_flops + spent.nominal
+    return {S.TRAIN_LOSS: tr.mean_loss, S.FLOPS_NOMINAL: spent.nominal, S.FLOPS_ACTUAL: spent.actual,
+            S.FINETUNE_FLOPS: 0, S.DEFENSE_FLOPS: defense, S.DEFENSE_FLOPS_CUM: prev_cum + defense,
+            S.TRAIN_ATTACK_ITERATIONS: n_it, S.TRAIN_ATTACK_SUCCESS: success, S.N_ADVERSARIAL: rs.n_adversarial,
+            S.N_CLEAN: rs.n_clean}
+
+
+def clean_accuracy(ctx: SweepContext, clf: Classifier) -> tuple[np.ndarray, float]:
+    val = [clean_ids(clf.tokenizer, e, ctx.cfg.task.max_content_tokens) for e in ctx.task.val]
+    pred, _ = predict(clf, val, ctx.cfg.finetune.eval_batch_size, ctx.layout.group)
+    labels = np.array([e.label for e in ctx.task.val])
+    return pred, float((pred == labels).mean())
+
+
+def evaluate(ctx: SweepContext, a: AttackConfig, clf: Classifier, run: RunSpec, rnd: int, clean_pred: np.ndarray,
+             table: np.ndarray | None) -> AttackResult:
+    """One evaluation attack on the first `n_examples` validation examples."""
+    val = ctx.task.val
+    n = min(a.n_examples, len(val))
+    correct = clean_pred[:n] == np.array([val[i].label for i in range(n)])
+    attack = a.plugin.build(a, ctx.attack_env(run, rnd, clf, shared=table))
+    engine = ScoringEngine(clf, ctx.cfg.parallel.score_chunk)
+    encs = [(i, encode(clf.tokenizer, val[i], a.placement, a.infix_fraction, ctx.cfg.task.max_content_tokens))
+            for i in range(n)]
+    return run_attack(attack, engine, ctx.layout.group, encs, correct)
