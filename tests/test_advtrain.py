@@ -11,7 +11,7 @@ import pytest
 
 from hpcrobust.config import config_from_dict
 from hpcrobust.store.reader import committed_rounds, load
-from hpcrobust.training.adversarial import equal_compute_rounds, scheduled_iterations
+from hpcrobust.training.adversarial import equal_compute_rounds
 from hpcrobust.training.pool import Pool, sampling_weights, true_ranks
 from tests.conftest import hpcrobust_cmd, run_cli
 from tests.h5compare import assert_same
@@ -53,7 +53,7 @@ def test_pool_roundtrip(tmp_path):
 def test_linear_schedule_and_equal_compute():
     cfg = config_from_dict({}, ["advtrain.rounds=4", "advtrain.iterations_start=8", "advtrain.iterations_end=64",
                                 "train_attacks=[{name: g}]", "advtrain.attack=g"])
-    assert [scheduled_iterations(cfg, r) for r in (1, 2, 3, 4)] == [8, 27, 45, 64]
+    assert [cfg.advtrain.scheduled_iterations(r) for r in (1, 2, 3, 4)] == [8, 27, 45, 64]
     assert equal_compute_rounds(6, [100, 200, 600, 5000]) == [6, 3, 1, 1]
 
 

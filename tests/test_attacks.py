@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from hpcrobust.attacks.base import AttackEnv
 from hpcrobust.attacks.engine import ScoringEngine, wrong_label_loss
-from hpcrobust.attacks.registry import evaluate_attack, make_attack
-from hpcrobust.attacks.vocab import allowed_tokens, retokenizes
+from hpcrobust.attacks.evaluate import evaluate
 from hpcrobust.config import AttackConfig, ModelConfig, TaskConfig, load_config
 from hpcrobust.models.loading import load_classifier
+from hpcrobust.models.vocab import allowed_tokens, retokenizes
 from hpcrobust.parallel.comm import Comm
 from hpcrobust.tasks import load_task
 from hpcrobust.tasks.placement import clean_ids, encode
@@ -18,6 +19,21 @@ from hpcrobust.training.trainer import TrainSpec, predict, train
 from tests.conftest import TINY, run_cli
 
 PLACEMENTS = ["suffix", "prefix", "infix", "overwrite"]
+OWN_KEYS = {"gcg": {"search_width": 16, "topk": 16}, "random_token": {},
+            "beast": {"beam_width": 3, "branching": 3, "sampler": "builtin:xs"}}
+
+
+def attack(**keys) -> AttackConfig:
+    """An attack entry as a config file writes it (flat keys)."""
+    return AttackConfig.from_data(keys, "attack")
+
+
+def env(cfg, clf, run_key: str = "s__seed0", chunk: int = 16) -> AttackEnv:
+    return AttackEnv(0, "eval", run_key, 0, clf, chunk, cfg.family)
+
+
+def run_eval(a: AttackConfig, cfg, clf, task, pred, chunk: int = 16):
+    return evaluate(a, env(cfg, clf, chunk=chunk), Comm(None), task.val, pred, 256)
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +86,12 @@ def test_out_of_memory_shrinks_and_remembers(setup, monkeypatch):
 
 def test_random_token_shares_candidates_and_never_falls(setup):
     cfg, clf, task, pred = setup
-    a = AttackConfig(name="rt", type="random_token", n_examples=12, n_iterations=50, n_attack_tokens=4)
-    one = make_attack(a, 0, "s__seed0", 0, clf, 16, cfg.family)
-    other = make_attack(a, 0, "xs__seed0", 0, clf, 16, cfg.family)  # another model size, same round
+    a = attack(name="rt", type="random_token", n_examples=12, n_iterations=50, n_attack_tokens=4)
+    one = a.plugin.build(a, env(cfg, clf, "s__seed0"))
+    other = a.plugin.build(a, env(cfg, clf, "xs__seed0"))  # another model size, same round
     assert np.array_equal(one.candidates(3, range(1, 20)), other.candidates(3, range(1, 20)))
     assert not set(one.candidates(3, range(1, 50)).ravel()) & set(clf.tokenizer.all_special_ids)
-    res = evaluate_attack(a, clf, Comm(None), 0, "s__seed0", 0, task.val, pred, 16, cfg.family, 256)
+    res = run_eval(a, cfg, clf, task, pred)
     assert np.all(np.diff(res.asr) >= 0)
     for k, fs in enumerate(res.first_success):
         if fs > 0:  # the kept attack is the first one that flipped
@@ -98,9 +114,9 @@ def test_retokenization_filter(setup):
 def test_every_attack_in_every_placement(setup, placement, kind):
     cfg, clf, task, pred = setup
     n = 4
-    a = AttackConfig(name=kind, type=kind, placement=placement, infix_fraction=0.5, n_examples=6, n_iterations=n,
-                     n_attack_tokens=n, search_width=16, topk=16, beam_width=3, branching=3, sampler="builtin:xs")
-    res = evaluate_attack(a, clf, Comm(None), 0, "s__seed0", 0, task.val, pred, 8, cfg.family, 256)
+    a = attack(name=kind, type=kind, placement=placement, infix_fraction=0.5, n_examples=6, n_iterations=n,
+               n_attack_tokens=n, **OWN_KEYS[kind])
+    res = run_eval(a, cfg, clf, task, pred, chunk=8)
     assert res.asr.shape == (n + 1,) and np.all(np.diff(res.asr[~np.isnan(res.asr)]) >= 0)
     assert (res.flops_nominal[1:][res.flops_nominal[1:] > 0] >= res.flops_actual[1:][res.flops_nominal[1:] > 0]).all()
     for k in range(len(res.tokens)):
@@ -119,9 +135,8 @@ def test_gcg_lowers_the_loss_and_counts_compute(setup):
     from hpcrobust.attacks.gcg import initial_tokens
 
     cfg, clf, task, pred = setup
-    a = AttackConfig(name="gcg", type="gcg", n_examples=12, n_iterations=6, n_attack_tokens=6, search_width=64,
-                     topk=64)
-    res = evaluate_attack(a, clf, Comm(None), 0, "s__seed0", 0, task.val, pred, 16, cfg.family, 256)
+    a = attack(name="gcg", type="gcg", n_examples=12, n_iterations=6, n_attack_tokens=6, search_width=64, topk=64)
+    res = run_eval(a, cfg, clf, task, pred)
     init = np.array([initial_tokens(a, clf.tokenizer)])
     eng = ScoringEngine(clf, 16)
     for k in np.flatnonzero(res.correct_before):

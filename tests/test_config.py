@@ -83,7 +83,7 @@ def test_every_shipped_config_parses_and_paper_configs_match_the_paper():
         assert not any(m.trust_remote_code for m in cfg.models)
         assert (cfg.finetune.lr, cfg.finetune.epochs) == (1e-5, 3)
         gcg = next(a for a in cfg.attacks if a.name == "gcg_suffix")
-        assert (gcg.n_attack_tokens, gcg.search_width, gcg.topk) == (10, 128, 256)
+        assert (gcg.n_attack_tokens, gcg.params.search_width, gcg.params.topk) == (10, 128, 256)
         assert (gcg.n_iterations, gcg.n_examples) == (128, 500)
         assert {a.placement for a in cfg.attacks if a.type == "gcg"} == {"suffix", "infix", "prefix"}
         assert {a.type for a in cfg.attacks} == {"gcg", "beast", "random_token"}

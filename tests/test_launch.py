@@ -10,6 +10,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -20,8 +21,8 @@ from hpcrobust.launch.plan import plan_tasks, shard_seeds
 from hpcrobust.launch.safestop import SafeStop, StopAtSafePoint
 from hpcrobust.launch.sbatch import Lines, render
 from hpcrobust.parallel.comm import Comm
-from hpcrobust.store import writer
 from hpcrobust.store.reader import committed_rounds
+from hpcrobust.sweep.hooks import Hooks
 from tests.conftest import TINY, run_cli
 
 # one run, round 0 only, one thread (no oversubscription on a shared machine): a few seconds
@@ -173,7 +174,8 @@ def test_sbatch_values_round_trip_without_running(tmp_path, cli, array):
     workdir.mkdir()
     config = workdir / "my config $(touch PWNED_cfg).yaml"
     config.write_text(TINY.read_text())
-    overrides = [f"models.0.label={v}" for v in HOSTILE[:2]] + [f"task.path={v}" for v in HOSTILE[2:]]
+    overrides = [f"models.0.label={v}" for v in HOSTILE[:2]] + ["task.name=spam"]
+    overrides += [f"task.path={v}" for v in HOSTILE[2:]]  # a file task's path: any text
     extra = ["launch.array_over=seeds"] if array else []
     extra += ["launch.slurm_partition=p'$(touch PWNED_part)`x`", "launch.slurm_srun_args=['--mpi=pmi2', '$(id)']",
               f"launch.folder={tmp_path}/logs/%j"]
@@ -224,20 +226,20 @@ def test_gpu_example_config_renders_one_rank_per_gpu(tmp_path, cli):
 
 # ---------------------------------------------------------------- stopping at a safe point
 
-def test_signal_stops_the_sweep_right_after_the_next_commit(monkeypatch):
-    commits: list[int] = []
-    monkeypatch.setattr(writer, "commit", lambda world, path, header, mine: commits.append(len(mine)) or 1)
-    fake = writer.commit
+def test_signal_stops_the_sweep_right_after_the_next_commit():
+    hooks = Hooks()
+    ctx = SimpleNamespace(layout=SimpleNamespace(world=Comm(None)))  # all the hook reads of the sweep
     fired: list[int] = []
     with SafeStop(30.0, on_timeout=lambda: fired.append(1)) as stop:
-        assert writer.commit(Comm(None), "x.h5", {}, []) == 1  # no signal yet: an ordinary commit
+        stop.attach(hooks)
+        hooks.fire("round_committed", ctx, 0, 2)  # no signal yet: the sweep goes on
         os.kill(os.getpid(), signal.SIGUSR2)
         time.sleep(0.01)
         assert stop.requested == "SIGUSR2"
-        with pytest.raises(StopAtSafePoint):  # the commit itself happens, then every rank stops
-            writer.commit(Comm(None), "x.h5", {}, [1, 2])
-    assert commits == [0, 2] and not fired
-    assert writer.commit is fake and signal.getsignal(signal.SIGUSR2) is not stop._on_signal
+        hooks.fire("round_started", ctx, 1)  # the round in progress is not interrupted
+        with pytest.raises(StopAtSafePoint):  # every rank stops right after the next commit
+            hooks.fire("round_committed", ctx, 1, 2)
+    assert not fired and signal.getsignal(signal.SIGUSR2) is not stop._on_signal
 
 
 def test_no_commit_within_the_grace_period_requeues_mid_round():

@@ -8,7 +8,8 @@ import pytest
 
 from hpcrobust.errors import UserError
 from hpcrobust.parallel.comm import Comm
-from hpcrobust.store import reader, writer
+from hpcrobust.store import reader
+from hpcrobust.store.results import ResultsFile
 from hpcrobust.store.schema import FORMAT, SCHEMA_VERSION, Record, round_path, run_path, text_array
 
 HEADER = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "hpcrobust_version": "t", "config": "{}",
@@ -21,11 +22,14 @@ def _rec(run: str, r: int, acc: float) -> Record:
                   parent_attrs={run_path(run): {"model": "m", "seed": 0, "run_index": int(run[-1])}})
 
 
+def _commit(out, recs: list[Record]) -> int:
+    return ResultsFile(out).commit(Comm(None), HEADER, recs)
+
+
 def test_commit_and_read_back(tmp_path):
     out = tmp_path / "r.h5"
-    w = Comm(None)
-    assert writer.commit(w, out, HEADER, [_rec("run0", 0, 0.9), _rec("run1", 0, 0.8)]) == 2
-    assert writer.commit(w, out, HEADER, [_rec("run0", 1, 0.95)]) == 1
+    assert _commit(out, [_rec("run0", 0, 0.9), _rec("run1", 0, 0.8)]) == 2
+    assert _commit(out, [_rec("run0", 1, 0.95)]) == 1
     df = reader.load(out)
     assert list(zip(df.run, df["round"], df.clean_accuracy, strict=True)) == [
         ("run0", 0, 0.9), ("run0", 1, 0.95), ("run1", 0, 0.8)]
@@ -38,33 +42,33 @@ def test_commit_and_read_back(tmp_path):
 
 def test_uncommitted_rounds_are_invisible(tmp_path):
     out = tmp_path / "r.h5"
-    writer.commit(Comm(None), out, HEADER, [_rec("run0", 0, 0.9)])
+    _commit(out, [_rec("run0", 0, 0.9)])
     with h5py.File(out, "r+") as f:  # what a writer killed mid-record would leave, if it wrote in place
         g = f.create_group(round_path("run0", 1))
         g.attrs["committed"] = 0
         g["clean_accuracy"] = 0.1
     assert reader.committed_rounds(out)["run0"] == {0}
     assert list(reader.load(out)["round"]) == [0]
-    writer.commit(Comm(None), out, HEADER, [_rec("run0", 1, 0.7)])  # a rerun replaces it
+    _commit(out, [_rec("run0", 1, 0.7)])  # a rerun replaces it
     assert list(reader.load(out).clean_accuracy) == [0.9, 0.7]
 
 
 def test_killed_commit_leaves_the_old_file(tmp_path):
     out = tmp_path / "r.h5"
-    writer.commit(Comm(None), out, HEADER, [_rec("run0", 0, 0.9)])
-    tmp = writer._tmp_name(out)
-    tmp.write_bytes(b"half a file")  # the temporary file of a commit that was killed
+    _commit(out, [_rec("run0", 0, 0.9)])
+    results = ResultsFile(out)
+    results.tmp_path.write_bytes(b"half a file")  # the temporary file of a commit that was killed
     assert list(reader.load(out)["round"]) == [0]
-    writer.clean_stale(out)
-    assert not tmp.exists()
+    results.clean_stale()
+    assert not results.tmp_path.exists()
 
 
 def test_existing_file_checks(tmp_path):
     out = tmp_path / "r.h5"
-    writer.commit(Comm(None), out, HEADER, [_rec("run0", 0, 0.9)])
-    writer.check_existing(out, "abc")
+    _commit(out, [_rec("run0", 0, 0.9)])
+    ResultsFile(out).check_writable_by("abc")
     with pytest.raises(UserError, match="different config"):
-        writer.check_existing(out, "other")
+        ResultsFile(out).check_writable_by("other")
     with pytest.raises(UserError, match="not an hpcrobust results file"):
         other = tmp_path / "o.h5"
         with h5py.File(other, "w") as f:
@@ -73,10 +77,41 @@ def test_existing_file_checks(tmp_path):
 
 
 def test_lock_refuses_a_second_writer(tmp_path):
-    a, b = writer.SweepLock(tmp_path / "r.h5"), writer.SweepLock(tmp_path / "r.h5")
+    a, b = ResultsFile(tmp_path / "r.h5"), ResultsFile(tmp_path / "r.h5")
+    a.acquire()
+    with pytest.raises(UserError, match="another sweep is writing"):
+        b.acquire()
+    with pytest.raises(UserError, match="another sweep is writing"):
+        b.check_not_locked()  # the probe that `submit --dry-run` makes
+    a.release()
+    b.check_not_locked()
+    b.acquire()
+    b.release()
+
+
+def test_a_link_to_the_file_shares_its_lock_and_stays_a_link(tmp_path):
+    out = tmp_path / "r.h5"
+    _commit(out, [_rec("run0", 0, 0.9)])
+    link = tmp_path / "link.h5"
+    link.symlink_to(out)
+    a, b = ResultsFile(out), ResultsFile(link)
+    assert b.path == a.path and b.lock_path == a.lock_path
     a.acquire()
     with pytest.raises(UserError, match="another sweep is writing"):
         b.acquire()
     a.release()
-    b.acquire()
-    b.release()
+    assert b.commit(Comm(None), HEADER, [_rec("run0", 1, 0.8)]) == 1
+    assert link.is_symlink() and list(reader.load(link)["round"]) == [0, 1]
+
+
+def test_the_writer_refuses_what_the_schema_does_not_declare(tmp_path):
+    out = tmp_path / "r.h5"
+    bad = _rec("run0", 0, 0.9)
+    bad.scalars["clean_acuracy"] = 0.5  # a typo would otherwise become a new column
+    with pytest.raises(ValueError, match="clean_acuracy not declared"):
+        _commit(out, [bad])
+    bad = _rec("run0", 0, 0.9)
+    bad.arrays["attacks/a/asr_curve"] = np.zeros(2)
+    with pytest.raises(ValueError, match="attacks/a/asr_curve not declared"):
+        _commit(out, [bad])
+    assert not out.exists()

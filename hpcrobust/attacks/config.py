@@ -39,7 +39,8 @@ class AttackConfig:
                                     " attack")
     n_examples: int = setting(50, lo=1, doc="validation examples attacked")
     n_iterations: int = setting(10, lo=1, doc="propose-and-score steps per example")
-    n_attack_tokens: int = setting(10, lo=1, doc="attack length (BEAST: final length)")
+    n_attack_tokens: int = setting(10, lo=1, doc="attack length (BEAST grows it one token per iteration, so it"
+                                  " equals n_iterations)")
     params: AttackParams = field(default=None, metadata={"doc": "the type's own parameters"})  # type: ignore[assignment]
 
     # Common keys that a training attack takes from advtrain.* instead (see TrainAttackConfig).

@@ -26,6 +26,11 @@ def register_attack(type_name: str):
     return deco
 
 
+def unregister_attack(type_name: str) -> None:
+    """Forget a registered type (a plug-in that is reloaded, or one registered only for a test)."""
+    _ATTACKS.pop(type_name, None)
+
+
 def attack_class(type_name: str) -> Any:
     """The registered class; KeyError for an unknown type (the config parser turns it into one line)."""
     return _ATTACKS[type_name]

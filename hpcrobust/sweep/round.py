@@ -5,7 +5,7 @@
       finetune (round 0)               clean fine-tuning, optionally with the random-token defense
       adversarial (round >= 1)         attack fresh training examples, grow the pool, train on a mix
       clean_accuracy                   predictions on the validation split
-      evaluate                         every (non-ensemble) evaluation attack
+      evaluate                         every (non-ensemble) evaluation attack (attacks/evaluate.py)
       checkpoint.save                  what the next round starts from
     record                             the round as one Record of the results file
 
@@ -18,9 +18,9 @@ import time
 
 import numpy as np
 
-from hpcrobust.attacks.base import AttackResult, run_attack
+from hpcrobust.attacks.base import run_attack
 from hpcrobust.attacks.engine import ScoringEngine
-from hpcrobust.config import AttackConfig
+from hpcrobust.attacks.evaluate import encode_examples, evaluate
 from hpcrobust.log import log
 from hpcrobust.models.classifier import Classifier
 from hpcrobust.models.config import model_label
@@ -31,7 +31,7 @@ from hpcrobust.sweep import checkpoint
 from hpcrobust.sweep.context import RoundState, SweepContext
 from hpcrobust.sweep.plan import RunSpec
 from hpcrobust.sweep.shared import shared_candidate_arrays
-from hpcrobust.tasks.placement import clean_ids, encode
+from hpcrobust.tasks.placement import clean_ids
 from hpcrobust.training.adversarial import attacked_examples, round_spec, round_training_set
 from hpcrobust.training.finetune import finetune_sequences, finetune_spec
 from hpcrobust.training.pool import Pool
@@ -58,7 +58,8 @@ def run_round(ctx: SweepContext, run: RunSpec, rnd: int, tables: dict) -> RoundS
         if a.ensemble:
             continue  # run with every size at once, in the cross-run phase (sweep/shared.py)
         table = tables.get((run.seed, a.name))
-        res = evaluate(ctx, a, clf, run, rnd, pred, table)
+        res = evaluate(a, ctx.attack_env(run, rnd, clf, shared=table), lay.group, ctx.task.val, pred,
+                       ctx.cfg.task.max_content_tokens)
         state.add(res)
         state.arrays.update(shared_candidate_arrays(a, table))
         log(f"{run.key} round {rnd}: {a.name} ASR {res.asr[-1]:.3f} after {len(res.asr) - 1} iterations"
@@ -111,8 +112,7 @@ def adversarial(ctx: SweepContext, clf: Classifier, run: RunSpec, rnd: int, pool
     base = cfg.train_attack()
     a = base.plugin.for_training(base, n_it, adv.n_new_examples)
     picked = attacked_examples(a.n_examples, len(train_set), run.seed, run.key, rnd)
-    encs = [(i, encode(clf.tokenizer, train_set[i], a.placement, a.infix_fraction, cfg.task.max_content_tokens))
-            for i in picked]
+    encs = encode_examples(a, clf.tokenizer, train_set, picked, cfg.task.max_content_tokens)
     attack = a.plugin.build(a, ctx.attack_env(run, rnd, clf, purpose="train"))
     # Every sampled example is attacked, including ones the model already gets wrong.
     res = run_attack(attack, ScoringEngine(clf, cfg.parallel.score_chunk), group, encs,
@@ -141,16 +141,3 @@ def clean_accuracy(ctx: SweepContext, clf: Classifier) -> tuple[np.ndarray, floa
     pred, _ = predict(clf, val, ctx.cfg.finetune.eval_batch_size, ctx.layout.group)
     labels = np.array([e.label for e in ctx.task.val])
     return pred, float((pred == labels).mean())
-
-
-def evaluate(ctx: SweepContext, a: AttackConfig, clf: Classifier, run: RunSpec, rnd: int, clean_pred: np.ndarray,
-             table: np.ndarray | None) -> AttackResult:
-    """One evaluation attack on the first `n_examples` validation examples."""
-    val = ctx.task.val
-    n = min(a.n_examples, len(val))
-    correct = clean_pred[:n] == np.array([val[i].label for i in range(n)])
-    attack = a.plugin.build(a, ctx.attack_env(run, rnd, clf, shared=table))
-    engine = ScoringEngine(clf, ctx.cfg.parallel.score_chunk)
-    encs = [(i, encode(clf.tokenizer, val[i], a.placement, a.infix_fraction, ctx.cfg.task.max_content_tokens))
-            for i in range(n)]
-    return run_attack(attack, engine, ctx.layout.group, encs, correct)

@@ -1,0 +1,29 @@
+"""One evaluation attack on a model: the first `n_examples` validation examples, in the attack's placement."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hpcrobust.attacks.base import AttackEnv, AttackResult, run_attack
+from hpcrobust.attacks.config import AttackConfig
+from hpcrobust.attacks.engine import ScoringEngine
+from hpcrobust.parallel.comm import Comm
+from hpcrobust.tasks.base import Example
+from hpcrobust.tasks.placement import encode
+
+
+def encode_examples(a: AttackConfig, tokenizer, examples: list[Example], indices: list[int],
+                    max_content_tokens: int) -> list[tuple[int, object]]:
+    """(index, encoding) of each attacked example, with the attack's placement."""
+    return [(i, encode(tokenizer, examples[i], a.placement, a.infix_fraction, max_content_tokens)) for i in indices]
+
+
+def evaluate(a: AttackConfig, env: AttackEnv, group: Comm, val: list[Example], clean_pred: np.ndarray,
+             max_content_tokens: int) -> AttackResult:
+    """Collective over `group`; only examples the model classified correctly are attacked."""
+    n = min(a.n_examples, len(val))
+    correct = clean_pred[:n] == np.array([val[i].label for i in range(n)])
+    attack = a.plugin.build(a, env)
+    engine = ScoringEngine(env.clf, env.score_chunk)
+    encs = encode_examples(a, env.clf.tokenizer, val, list(range(n)), max_content_tokens)
+    return run_attack(attack, engine, group, encs, correct)
