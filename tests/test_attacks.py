@@ -8,7 +8,7 @@ import torch
 
 from hpcrobust.attacks.base import AttackEnv
 from hpcrobust.attacks.engine import ScoringEngine, wrong_label_loss
-from hpcrobust.attacks.evaluate import evaluate
+from hpcrobust.attacks.evaluate import EvalSet, evaluate
 from hpcrobust.config import AttackConfig, ModelConfig, TaskConfig, load_config
 from hpcrobust.models.loading import load_classifier
 from hpcrobust.models.vocab import allowed_tokens, retokenizes
@@ -33,7 +33,7 @@ def env(cfg, clf, run_key: str = "s__seed0", chunk: int = 16) -> AttackEnv:
 
 
 def run_eval(a: AttackConfig, cfg, clf, task, pred, chunk: int = 16):
-    return evaluate(a, env(cfg, clf, chunk=chunk), Comm(None), task.val, pred, 256)
+    return evaluate(a, env(cfg, clf, chunk=chunk), Comm(None), EvalSet(task.val, 256, chunk), pred)
 
 
 @pytest.fixture(scope="module")

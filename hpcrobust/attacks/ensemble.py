@@ -17,13 +17,13 @@ import numpy as np
 from hpcrobust.attacks.base import AttackResult, asr_curve
 from hpcrobust.attacks.config import AttackConfig
 from hpcrobust.attacks.engine import ScoringEngine
+from hpcrobust.attacks.evaluate import EvalSet
 from hpcrobust.attacks.gcg import Buffer, SwapSampler, initial_tokens, token_gradient
 from hpcrobust.models.classifier import Classifier
 from hpcrobust.models.flops import FlopCount
 from hpcrobust.parallel.collectives import allgather_records
 from hpcrobust.parallel.comm import Comm
 from hpcrobust.rng import stream
-from hpcrobust.tasks.placement import encode
 
 
 @dataclass
@@ -36,16 +36,16 @@ class Member:
     correct: np.ndarray  # [n_examples] classified correctly without the attack
 
 
-def run_ensemble_gcg(a: AttackConfig, members: list[Member], world: Comm, seed: int, rnd: int, val: list,
-                     chunk: int, max_content_tokens: int, tok) -> dict[int, AttackResult]:
+def run_ensemble_gcg(a: AttackConfig, members: list[Member], world: Comm, seed: int, rnd: int, data: EvalSet,
+                     tok) -> dict[int, AttackResult]:
     """Collective over the world: every rank calls it with the same member list; returns results per run."""
     t0 = time.time()
     members = sorted(members, key=lambda m: m.index)
     mine = [m for m in members if m.clf is not None]
-    n_ex, n_it = min(a.n_examples, len(val)), a.n_iterations
+    n_ex, n_it = min(a.n_examples, len(data.examples)), a.n_iterations
     init = np.array(initial_tokens(a, tok), dtype=np.int64)
     sampler = SwapSampler(a.params, tok)
-    engines = {m.index: ScoringEngine(m.clf, chunk) for m in mine}
+    engines = {m.index: ScoringEngine(m.clf, data.score_chunk) for m in mine}
     first = {m.index: np.full(n_ex, -1, dtype=np.int64) for m in members}
     finals = [init.copy() for _ in range(n_ex)]
     losses_final = {m.index: np.full(n_ex, np.inf) for m in members}
@@ -68,8 +68,7 @@ def run_ensemble_gcg(a: AttackConfig, members: list[Member], world: Comm, seed: 
         targets = set(order)
         if not targets:
             continue
-        encs = {m.index: encode(m.clf.tokenizer, val[k], a.placement, a.infix_fraction, max_content_tokens)
-                for m in mine}
+        encs = {m.index: data.encode(a, m.clf.tokenizer, k) for m in mine}
         starts = {m.index: m.clf.meter.total.snapshot() for m in mine}
         for m in mine:
             if m.index in targets:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from hpcrobust.attacks.base import AttackEnv, AttackResult, run_attack
@@ -12,18 +14,31 @@ from hpcrobust.tasks.base import Example
 from hpcrobust.tasks.placement import encode
 
 
+@dataclass(frozen=True)
+class EvalSet:
+    """The validation examples that evaluation attacks (and transfer, ensemble) run on, and how they are cut
+    and scored."""
+
+    examples: list[Example]
+    max_content_tokens: int
+    score_chunk: int
+
+    def encode(self, a: AttackConfig, tokenizer, k: int):
+        return encode(tokenizer, self.examples[k], a.placement, a.infix_fraction, self.max_content_tokens)
+
+
 def encode_examples(a: AttackConfig, tokenizer, examples: list[Example], indices: list[int],
                     max_content_tokens: int) -> list[tuple[int, object]]:
     """(index, encoding) of each attacked example, with the attack's placement."""
     return [(i, encode(tokenizer, examples[i], a.placement, a.infix_fraction, max_content_tokens)) for i in indices]
 
 
-def evaluate(a: AttackConfig, env: AttackEnv, group: Comm, val: list[Example], clean_pred: np.ndarray,
-             max_content_tokens: int) -> AttackResult:
+def evaluate(a: AttackConfig, env: AttackEnv, group: Comm, data: EvalSet, clean_pred: np.ndarray) -> AttackResult:
     """Collective over `group`; only examples the model classified correctly are attacked."""
+    val = data.examples
     n = min(a.n_examples, len(val))
     correct = clean_pred[:n] == np.array([val[i].label for i in range(n)])
     attack = a.plugin.build(a, env)
-    engine = ScoringEngine(env.clf, env.score_chunk)
-    encs = encode_examples(a, env.clf.tokenizer, val, list(range(n)), max_content_tokens)
+    engine = ScoringEngine(env.clf, data.score_chunk)
+    encs = encode_examples(a, env.clf.tokenizer, val, list(range(n)), data.max_content_tokens)
     return run_attack(attack, engine, group, encs, correct)

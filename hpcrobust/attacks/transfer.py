@@ -14,10 +14,10 @@ import numpy as np
 
 from hpcrobust.attacks.config import AttackConfig
 from hpcrobust.attacks.engine import ScoringEngine
+from hpcrobust.attacks.evaluate import EvalSet
 from hpcrobust.models.classifier import Classifier
 from hpcrobust.parallel.collectives import allgather_records
 from hpcrobust.parallel.comm import Comm
-from hpcrobust.tasks.placement import encode
 
 
 @dataclass
@@ -34,19 +34,19 @@ class Target:
     correct: np.ndarray  # [n_val] clean prediction correct
 
 
-def transfer_counts(a: AttackConfig, sources: list[Source], targets: list[Target], val: list, chunk: int,
-                    max_content_tokens: int) -> dict[tuple[str, str], tuple[int, int]]:
+def transfer_counts(a: AttackConfig, sources: list[Source], targets: list[Target], data: EvalSet
+                    ) -> dict[tuple[str, str], tuple[int, int]]:
     """{(source, target): (flipped, evaluated)} for the targets this rank holds."""
     out = {}
     for t in targets:
-        engine = ScoringEngine(t.clf, chunk)
+        engine = ScoringEngine(t.clf, data.score_chunk)
         flips = {s.key: 0 for s in sources}
         counted = {s.key: 0 for s in sources}
         n_ex = min(len(s.tokens) for s in sources)
         for k in range(n_ex):
             if not t.correct[k]:
                 continue
-            enc = encode(t.clf.tokenizer, val[k], a.placement, a.infix_fraction, max_content_tokens)
+            enc = data.encode(a, t.clf.tokenizer, k)
             rows = [(s.key, s.tokens[k]) for s in sources if len(s.tokens[k])]
             for length in sorted({len(r) for _, r in rows}):  # one batch per attack length (BEAST varies)
                 group = [(key, r) for key, r in rows if len(r) == length]
@@ -60,9 +60,9 @@ def transfer_counts(a: AttackConfig, sources: list[Source], targets: list[Target
 
 
 def transfer_matrix(world: Comm, a: AttackConfig, sources: list[Source], targets: list[Target], order: list[str],
-                    val: list, chunk: int, max_content_tokens: int) -> np.ndarray:
+                    data: EvalSet) -> np.ndarray:
     """Collective: the [source, target] ASR matrix over the runs in `order` (NaN where nothing counted)."""
-    counts = allgather_records(world, transfer_counts(a, sources, targets, val, chunk, max_content_tokens))
+    counts = allgather_records(world, transfer_counts(a, sources, targets, data))
     mat = np.full((len(order), len(order)), np.nan)
     for i, s in enumerate(order):
         for j, t in enumerate(order):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hpcrobust.attacks.base import AttackEnv, AttackResult
+from hpcrobust.attacks.evaluate import EvalSet
 from hpcrobust.config import ModelConfig, SweepConfig
 from hpcrobust.models.classifier import Classifier
 from hpcrobust.parallel.layout import Layout
@@ -25,6 +26,10 @@ class SweepContext:
     results: ResultsFile
     plan: SweepPlan
     hooks: Hooks = field(default_factory=Hooks)
+
+    @property
+    def eval_set(self) -> EvalSet:
+        return EvalSet(self.task.val, self.cfg.task.max_content_tokens, self.cfg.parallel.score_chunk)
 
     def model(self, run: RunSpec) -> ModelConfig:
         return self.cfg.models[run.model_index]

@@ -58,8 +58,7 @@ def run_round(ctx: SweepContext, run: RunSpec, rnd: int, tables: dict) -> RoundS
         if a.ensemble:
             continue  # run with every size at once, in the cross-run phase (sweep/shared.py)
         table = tables.get((run.seed, a.name))
-        res = evaluate(a, ctx.attack_env(run, rnd, clf, shared=table), lay.group, ctx.task.val, pred,
-                       ctx.cfg.task.max_content_tokens)
+        res = evaluate(a, ctx.attack_env(run, rnd, clf, shared=table), lay.group, ctx.eval_set, pred)
         state.add(res)
         state.arrays.update(shared_candidate_arrays(a, table))
         log(f"{run.key} round {rnd}: {a.name} ASR {res.asr[-1]:.3f} after {len(res.asr) - 1} iterations"

@@ -78,8 +78,7 @@ def ensemble_phase(ctx: SweepContext, rnd: int, active: list[RunSpec], held: dic
             runs = [r for r in active if r.seed == seed]
             members = [Member(r.index, r.key, held[r.index].clf if (lead and r.index in held) else None,
                               correct[r.index]) for r in runs]
-            out = run_ensemble_gcg(a, members, layout.world, seed, rnd, ctx.task.val, cfg.parallel.score_chunk,
-                                   cfg.task.max_content_tokens, tok)
+            out = run_ensemble_gcg(a, members, layout.world, seed, rnd, ctx.eval_set, tok)
             for i, res in out.items():
                 if i in held:
                     held[i].add(res)
@@ -100,8 +99,7 @@ def transfer_phase(ctx: SweepContext, rnd: int, active: list[RunSpec], held: dic
                                                   for st in held.values() if lead})
         sources = [Source(k, tokens[k]) for k in order]
         targets = [Target(st.run.index, st.run.key, st.clf, st.correct) for st in held.values() if lead]
-        mat = transfer_matrix(layout.world, a, sources, targets, order, ctx.task.val, cfg.parallel.score_chunk,
-                              cfg.task.max_content_tokens)
+        mat = transfer_matrix(layout.world, a, sources, targets, order, ctx.eval_set)
         arrays[f"{a.name}/{S.TRANSFER_ASR}"] = mat
         arrays[f"{a.name}/{S.TRANSFER_RUNS}"] = text_array(order)
     if not layout.is_root:
