@@ -11,3 +11,8 @@ class UserError(Exception):
 
 class RankFailure(Exception):
     """Raised (test-only) to prove that an error on one rank ends every rank."""
+
+
+class AgreedFailure(Exception):
+    """An unexpected error on some rank during a step that every rank agrees on: every rank raises this, and
+    the first rank's traceback is printed once."""

@@ -13,12 +13,23 @@ their keys depend on their type.
 from __future__ import annotations
 
 import dataclasses
+import math
+import reprlib
 import types
 import typing
 from dataclasses import field
 from typing import Any
 
 from hpcrobust.errors import UserError
+
+INT_LIMIT = 2**63 - 1  # every integer setting must fit an int64 (seeds, counts, sizes)
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxlevel = 60, 60, 4, 4, 2
+
+
+def shown(value: Any) -> str:
+    """A value as an error message may print it: bounded, whatever YAML aliases expanded it into."""
+    return _SHOWN.repr(value)
 
 
 def setting(default: Any = dataclasses.MISSING, *, choices: tuple | None = None, lo: float | None = None,
@@ -59,31 +70,38 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > INT_LIMIT:
+                raise UserError(f"{key}: {shown(value)} is too large (at most {INT_LIMIT})")
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-5 as a string
+            number = float(value) if abs(value) <= 1e308 else math.inf
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-5 as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise UserError(f"{key}: {shown(value)} is not a finite number")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-    raise UserError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    raise UserError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {shown(value)}")
 
 
 def check_value(f: dataclasses.Field, value: Any, key: str) -> None:
     choices, lo, hi = f.metadata.get("choices"), f.metadata.get("lo"), f.metadata.get("hi")
     if choices is not None and value not in choices:
-        raise UserError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+        raise UserError(f"{key}: {shown(value)} is not one of {', '.join(choices)}")
     if lo is not None and value < lo:
-        raise UserError(f"{key}: {value} is below the minimum {lo}")
+        raise UserError(f"{key}: {shown(value)} is below the minimum {lo}")
     if hi is not None and value > hi:
-        raise UserError(f"{key}: {value} is above the maximum {hi}")
+        raise UserError(f"{key}: {shown(value)} is above the maximum {hi}")
 
 
 def build(cls: type, data: dict, prefix: str, unknown: str = "") -> Any:
@@ -92,7 +110,8 @@ def build(cls: type, data: dict, prefix: str, unknown: str = "") -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for k in data:
         if k not in fields:
-            where = f"{prefix}.{k}" if prefix else str(k)
+            name = k if isinstance(k, str) and len(k) <= 60 else shown(k)
+            where = f"{prefix}.{name}" if prefix else name
             raise UserError(f"unknown key '{where}'{unknown}")
     kwargs = {}
     for name, f in fields.items():

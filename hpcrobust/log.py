@@ -12,6 +12,11 @@ def setup(rank: int, size: int, quiet: bool = False) -> None:
     _state.update(rank=rank, size=size, quiet=quiet)
 
 
+def quiet() -> bool:
+    """`--quiet`: no log lines and no progress bars."""
+    return bool(_state["quiet"])
+
+
 def log(msg: str, all_ranks: bool = False) -> None:
     """Rank 0 speaks by default; `all_ranks` lets any rank speak (errors, per-rank facts)."""
     if _state["quiet"] or (_state["rank"] != 0 and not all_ranks):

@@ -60,8 +60,21 @@ def test_file_task_jsonl_and_csv(tmp_path):
     csvp = tmp_path / "imdb.csv"
     csvp.write_text("text,label,split\n" + "".join(f"review {i},{i % 2},{'train' if i < 8 else 'validation'}\n"
                                                    for i in range(10)))
-    d = load_task(TaskConfig(name="imdb", path=str(csvp), n_train=100, n_val=100))
+    d = load_task(TaskConfig(name="imdb", path=str(csvp), n_train=8, n_val=2))
     assert len(d.train) == 8 and len(d.val) == 2
+    with pytest.raises(UserError, match="has 8 training and 2 validation records; task.n_train is 100"):
+        load_task(TaskConfig(name="imdb", path=str(csvp), n_train=100, n_val=2))  # never clipped silently
+
+
+def test_a_very_large_csv_field_is_read_or_refused_in_one_line(tmp_path):
+    big = "w " * 200_000  # 400 kB: beyond csv's default field limit
+    p = tmp_path / "imdb.csv"
+    p.write_text("text,label\n" + "".join(f'"{big if i == 0 else "short"}",{i % 2}\n' for i in range(5)))
+    d = load_task(TaskConfig(name="imdb", path=str(p), n_train=3, n_val=2))
+    assert max(len(e.content) for e in d.train + d.val) == len(big)
+    p.write_text("text,label\n" + '"' + "x" * (17 << 20) + '",0\n')
+    with pytest.raises(UserError, match="record after line 1: field larger than field limit"):
+        load_task(TaskConfig(name="imdb", path=str(p), n_train=1, n_val=1))
 
 
 @pytest.mark.parametrize("content,needle", [

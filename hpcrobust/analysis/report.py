@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +32,21 @@ class Report:
 
 
 def check_out(out: str | Path) -> Path:
+    """An output folder that exists, or can be made, and takes new files (checked by making and removing one:
+    permission bits say nothing for root, or on a read-only mount). Nothing is left behind."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output folder {out} exists and is not a folder")
     if not out.exists() and out.parent.exists() and not out.parent.is_dir():
         raise UserError(f"cannot create {out}: {out.parent} is not a folder")
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".hpcrobust-probe-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"output folder {out} is not writable ({probe}: {exc.strerror})") from None
     return out
 
 

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from hpcrobust.attacks.registry import attack_class, known_types
 from hpcrobust.errors import UserError
-from hpcrobust.fields import build, field_row, setting, to_data
+from hpcrobust.fields import build, field_row, setting, shown, to_data
 
 PLACEMENTS = ("suffix", "prefix", "infix", "overwrite")
 
@@ -78,7 +78,7 @@ class AttackConfig:
             raise UserError(f"{key}: expected a mapping, got {type(value).__name__}")
         kind = value.get("type", "gcg")
         if not isinstance(kind, str) or kind not in known_types():
-            raise UserError(f"{key}.type: {kind!r} is not a known attack (known: {', '.join(known_types())})")
+            raise UserError(f"{key}.type: {shown(kind)} is not a known attack (known: {', '.join(known_types())})")
         plugin = attack_class(kind)
         for k in cls.scheduled(plugin):
             if k in value:

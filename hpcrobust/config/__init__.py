@@ -37,7 +37,10 @@ class DebugConfig:
     """Test-only switches; they act through the sweep's hooks (sweep/debug.py), not inside its loop."""
 
     fail_rank: int = setting(-1, lo=-1, doc="raise on this world rank (test-only)")
-    fail_round: int = setting(0, lo=0, doc="... when this round starts")
+    fail_round: int = setting(0, lo=0, doc="... in this round")
+    fail_in: str = setting("round", choices=("round", "mid_round", "checks"), doc="... where: when the round"
+                           " starts, after this rank's runs of the round and before the cross-run phases, or in"
+                           " the checks before any work")
     stop_after_round: int = setting(-1, lo=-1, doc="exit 3 after committing this round (resume tests)")
 
 
@@ -134,18 +137,30 @@ def apply_override(data: dict, override: str) -> None:
 
 # ---------------------------------------------------------------- loading
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
+def read_text_file(path: str | Path, what: str) -> str:
+    """A user's text file (config, template), or one line saying why it cannot be read."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file not found: {path}")
+        raise UserError(f"{what} not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"{what} {path} cannot be read: {exc.strerror}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
+    path = Path(path)
+    text = read_text_file(path, "config file")
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise UserError(f"{path}:{where} is not valid YAML") from None
-    if data is None:
-        data = {}
+    if data is None or data == {}:  # a sweep of nothing but defaults is never what was meant
+        raise UserError(f"{path}: the config is empty; start from configs/quickstart.yaml")
     if not isinstance(data, dict):
         raise UserError(f"{path}: the top level must be a mapping")
     return config_from_dict(data, overrides, source=str(path))
@@ -184,9 +199,10 @@ def to_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def science_hash(cfg: SweepConfig) -> str:
-    """Hash of everything that decides the stored numbers; a rerun must match it to append to a file."""
-    return science_hash_of(to_dict(cfg))
+def science_hash(cfg: SweepConfig, inputs: dict[str, str] | None = None) -> str:
+    """Hash of everything that decides the stored numbers (with `inputs`, the digests of the task file and the
+    model files); a rerun must match it to append to a file."""
+    return science_hash_of(to_dict(cfg), inputs)
 
 
 def describe() -> list[tuple[str, str, str]]:

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 from hpcrobust.errors import UserError
-from hpcrobust.fields import setting
+from hpcrobust.fields import setting, shown
 
 
 @dataclass
@@ -25,7 +25,8 @@ class LaunchConfig:
     timeout_min: str = setting("60", doc="time limit: minutes, or SLURM's MM:SS, HH:MM:SS, D-HH[:MM[:SS]] (quote it in"
                                          " YAML: 1:30:00 unquoted is read as a number)")
     slurm_srun_args: list[str] = setting(factory=lambda: ["--mpi=pmi2"], doc="extra srun arguments")
-    slurm_additional_parameters: dict = setting(factory=dict, doc="extra #SBATCH keys, e.g. {mail-type: END}")
+    slurm_additional_parameters: dict = setting(factory=dict, doc="extra #SBATCH keys, e.g. {mail-type: END,"
+                                                                  " exclusive: true}")
     slurm_array_parallelism: int = setting(16, lo=1, doc="array jobs running at once")
     slurm_signal_delay_s: int = setting(90, lo=10, doc="USR2 this long before the time limit (stop, checkpoint,"
                                                        " requeue)")
@@ -39,6 +40,10 @@ class LaunchConfig:
                                                    " then requeue mid-round (committed rounds are kept either way)")
     freeze_code: bool = setting(True, doc="submit: copy the hpcrobust package next to the logs, so later edits of"
                                           " the checkout cannot change a queued job")
+
+    def sbatch_flags(self) -> dict[str, object]:
+        """slurm_additional_parameters as sbatch takes them: `true` is a bare flag (--exclusive), `false` none."""
+        return {k: v for k, v in self.slurm_additional_parameters.items() if v is not False}
 
     def minutes(self) -> int:
         """`timeout_min` in whole minutes (rounded up), as submitit and `#SBATCH --time` take it."""
@@ -59,7 +64,7 @@ class LaunchConfig:
             directive_safe(f"launch.{name}", getattr(self, name))
         for key, value in self.slurm_additional_parameters.items():
             if not isinstance(key, str) or not _SBATCH_KEY.fullmatch(key):
-                raise UserError(f"launch.slurm_additional_parameters: {key!r} is not an sbatch option name")
+                raise UserError(f"launch.slurm_additional_parameters: {shown(key)} is not an sbatch option name")
             if not isinstance(value, (str, int, float, bool)):
                 raise UserError(f"launch.slurm_additional_parameters.{key}: expected a string or number")
             directive_safe(f"launch.slurm_additional_parameters.{key}", str(value))
@@ -76,7 +81,7 @@ _TIME = re.compile(r"(?:(?P<d>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?
 def slurm_minutes(text: str) -> int:
     """Parse SLURM's time formats; anything else, or zero, is a user error (caught before submitting)."""
     m = _TIME.fullmatch(str(text).strip())
-    bad = UserError(f"launch.timeout_min: {text!r} is not a time limit (minutes, MM:SS, HH:MM:SS or"
+    bad = UserError(f"launch.timeout_min: {shown(text)} is not a time limit (minutes, MM:SS, HH:MM:SS or"
                     f" D-HH[:MM[:SS]])")
     if m is None:
         raise bad
@@ -97,7 +102,7 @@ def slurm_minutes(text: str) -> int:
     else:
         seconds = g["min"] * 60
     if seconds <= 0:
-        raise UserError(f"launch.timeout_min: {text!r} is not a positive time limit")
+        raise UserError(f"launch.timeout_min: {shown(text)} is not a positive time limit")
     return -(-seconds // 60)
 
 
@@ -105,6 +110,6 @@ def directive_safe(key: str, value: str) -> str:
     """sbatch reads `#SBATCH` lines itself: a newline would end the directive (and start shell code), and it
     drops backslashes. Such values cannot be quoted, so they are refused."""
     if any(c in value for c in "\n\r\\") or any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise UserError(f"{key}: {value!r} cannot go into an #SBATCH line (newline, control character or"
+        raise UserError(f"{key}: {shown(value)} cannot go into an #SBATCH line (newline, control character or"
                         f" backslash)")
     return value

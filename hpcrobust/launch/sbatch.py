@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcrobust.config import SweepConfig, directive_safe, load_config
+from hpcrobust.config import SweepConfig, directive_safe, load_config, read_text_file
 from hpcrobust.errors import UserError
 from hpcrobust.launch.plan import job_name, log_root, plan_tasks, quote_times
 
@@ -33,7 +33,9 @@ Value = str | int | list[str] | Lines
 
 
 def sbatch_option(key: str, value: object) -> str:
-    """One `#SBATCH --key=value` line, with the value quoted the way sbatch unquotes it."""
+    """One `#SBATCH --key=value` line, with the value quoted the way sbatch unquotes it (`true`: a bare flag)."""
+    if value is True:
+        return f"#SBATCH --{key}"
     text = directive_safe(f"#SBATCH --{key}", str(value))
     return f"#SBATCH --{key}={shlex.quote(text)}"
 
@@ -84,7 +86,7 @@ def template_values(config: Path, cfg: SweepConfig, overrides: list[str], workdi
     if array:
         parallel = min(len(tasks), launch.slurm_array_parallelism)
         options.append(sbatch_option("array", f"0-{len(tasks) - 1}%{parallel}"))
-    for key, value in launch.slurm_additional_parameters.items():
+    for key, value in launch.sbatch_flags().items():
         options.append(sbatch_option(key.replace("_", "-"), value))
     mem = f"{int(launch.mem_gb)}G" if launch.mem_gb == int(launch.mem_gb) else f"{int(launch.mem_gb * 1024)}M"
     logs = log_root(launch.folder)
@@ -117,6 +119,6 @@ def render_config(config: str, overrides: list[str], template: str = "") -> str:
     cfg = load_config(config, overrides)
     path = find_template(template, cfg.launch.array_over != "none")
     values = template_values(Path(config).absolute(), cfg, overrides, Path.cwd())
-    text = render(path.read_text(), values)
+    text = render(read_text_file(path, "sbatch template"), values)
     log_root(cfg.launch.folder).mkdir(parents=True, exist_ok=True)
     return text

@@ -59,17 +59,19 @@ def slurm_parameters(launch: LaunchConfig, name: str, setup: list[str]) -> dict[
         if value:
             p[key] = value
     if launch.slurm_additional_parameters:
-        p["additional_parameters"] = {k: str(v) for k, v in launch.slurm_additional_parameters.items()}
+        p["additional_parameters"] = {k: v if v is True else str(v) for k, v in launch.sbatch_flags().items()}
     return p
 
 
-def _check_outputs(cfgs: list[SweepConfig]) -> None:
-    """Each task's results file must be writable by this sweep, and no other sweep may be writing it now
-    (the lock is only probed, read-only, so a dry run writes nothing)."""
-    from hpcrobust.sweep.checks import check_output
+def _check_tasks(config: str, cfgs: list[SweepConfig]) -> None:
+    """Every check that `run` makes, for each job that would be queued (the task file, the model folders and
+    tokenizers, each attack's own checks, the results file and its checkpoints), and no other sweep may be
+    writing a job's file now (the lock is only probed). The built-in family is built here if it is missing."""
+    from hpcrobust.parallel.comm import Comm
+    from hpcrobust.sweep.checks import prepare
 
     for cfg in cfgs:
-        check_output(cfg).check_not_locked()
+        prepare(cfg, Comm(None), config).results.check_not_locked()
 
 
 def make_plan(config: str, overrides: list[str], cluster: str, dry_run: bool = False) -> Plan:
@@ -84,7 +86,7 @@ def make_plan(config: str, overrides: list[str], cluster: str, dry_run: bool = F
         raise UserError(f"{config}: --cluster {cluster} runs one rank (submitit starts local tasks without MPI);"
                         f" add launch.nodes=1 launch.tasks_per_node=1, or use `mpiexec -n K hpcrobust run`")
     tasks = plan_tasks(cfg, overrides)
-    _check_outputs(task_configs(config, tasks))
+    _check_tasks(config, task_configs(config, tasks))
     folder = Path(launch.folder).expanduser().absolute()
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
     freeze_dir = log_root(launch.folder) / "submissions" / stamp

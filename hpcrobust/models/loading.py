@@ -62,8 +62,14 @@ def _quiet_transformers() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
-def model_config(m: ModelConfig, fam: FamilyConfig):
-    """The HF config, without weights: enough for preflight checks (vocab size, architecture)."""
+REMOTE_CODE = "custom code"  # how transformers says that a folder's classes live in its own Python files
+
+
+def model_config(m: ModelConfig, fam: FamilyConfig, key: str = "model", trust_key: str = ""):
+    """The HF config, without weights: enough for the checks (vocab size, architecture).
+
+    `trust_key` names the config key that would allow the folder's own code (none for a BEAST sampler).
+    """
     from transformers import AutoConfig
 
     r = resolve(m, fam)
@@ -73,9 +79,14 @@ def model_config(m: ModelConfig, fam: FamilyConfig):
         return AutoConfig.from_pretrained(r.path, local_files_only=True, trust_remote_code=m.trust_remote_code,
                                           revision=m.revision or None)
     except (OSError, ValueError) as exc:
+        text = str(exc).strip()
+        if REMOTE_CODE in text and not m.trust_remote_code:
+            fix = (f"set {trust_key}: true if you trust that code" if trust_key else
+                   "hpcrobust runs no remote code here; use a model whose architecture transformers knows")
+            raise UserError(f"{key}: '{m.name_or_path}' needs Python code from its folder to load; {fix}") from None
         hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"model '{m.name_or_path}': not a local folder and not loadable from the HF cache"
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise UserError(f"{key}: '{m.name_or_path}' is not a local folder and not loadable from the HF cache"
                         f" (HF_HOME={hf_home}): {first}") from None
 
 

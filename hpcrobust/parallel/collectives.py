@@ -6,10 +6,13 @@ example index, candidate chunk index), so the same numbers come out of 1, 2 or 3
 
 from __future__ import annotations
 
+import traceback
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
 
+from hpcrobust.errors import AgreedFailure, UserError
 from hpcrobust.parallel.comm import Comm
 
 T = TypeVar("T")
@@ -65,3 +68,27 @@ def ranks_agree(comm: Comm, digest: str) -> bool:
 def allgather_records(comm: Comm, items: dict) -> dict:
     """Union of every rank's {key: value} (per-run results that all ranks need, e.g. final suffixes)."""
     return share_indexed(comm, items)
+
+
+def agree(comm: Comm, fn: Callable[[], T]) -> T:
+    """Run `fn` on every rank; if it fails on any rank, every rank raises the first rank's error.
+
+    A user error becomes the same UserError everywhere (one line, exit 2); anything else an AgreedFailure
+    carrying that rank's traceback. Either way no rank is left waiting in a later collective.
+    """
+    try:
+        value, err = fn(), None
+    except UserError as exc:
+        value, err = None, ("user", str(exc))
+    except Exception:  # noqa: BLE001 - reported on every rank below
+        prefix = f"[rank {comm.rank}] " if comm.size > 1 else ""
+        value, err = None, ("internal", prefix + traceback.format_exc().rstrip("\n").replace("\n", "\n" + prefix))
+    errors = [e for e in comm.allgather(err) if e]
+    if errors:
+        kind, text = errors[0]
+        if kind == "user":
+            exc = UserError(text)
+            exc.agreed = True  # every rank raises it: nobody is left in a collective
+            raise exc
+        raise AgreedFailure(text)
+    return value

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 NOT_SCIENCE = ("output", "launch", "debug")  # where results go and how the job is run
+NOT_SCIENCE_KEYS = {"family": ("cache_dir",)}  # where the built-in family is kept (its recipe is science)
 NOT_SWEEP = NOT_SCIENCE + ("seeds", "models")  # a sweep may be split by seed or size across files
 SCIENCE_PARALLEL = ("score_chunk", "device")  # of parallel.*, only these can change a number
 
@@ -30,6 +31,9 @@ LEGACY_ATTACK_DEFAULTS: dict[str, Any] = {
 def science(config: dict, drop: tuple[str, ...] = NOT_SCIENCE) -> dict:
     """The stored config minus `drop`, with parallel.* reduced and attack entries in their full form."""
     d = {k: v for k, v in config.items() if k not in drop}
+    for section, keys in NOT_SCIENCE_KEYS.items():
+        if isinstance(d.get(section), dict):
+            d[section] = {k: v for k, v in d[section].items() if k not in keys}
     par = d.get("parallel") or {}
     d["parallel"] = {k: par.get(k) for k in SCIENCE_PARALLEL}
     for group in ("attacks", "train_attacks"):
@@ -42,8 +46,28 @@ def _digest(d: dict, n: int) -> str:
     return hashlib.sha256(yaml.safe_dump(d, sort_keys=True).encode()).hexdigest()[:n]
 
 
-def science_hash_of(config: dict) -> str:
-    return _digest(science(config), 16)
+def science_hash_of(config: dict, inputs: dict[str, str] | None = None) -> str:
+    """`inputs`: digests of what the config points to (task file, model files; see sweep/inputs.py)."""
+    d = science(config)
+    if inputs:
+        d["inputs"] = dict(inputs)
+    return _digest(d, 16)
+
+
+def differences(old_config: dict, old_inputs: dict, config: dict, inputs: dict, most: int = 3) -> list[str]:
+    """The first few science keys (or inputs) in which two sweeps differ, for a refusal that says why."""
+    def flat(d, prefix=""):
+        if isinstance(d, dict):
+            return {k2: v2 for k, v in d.items() for k2, v2 in flat(v, f"{prefix}{k}.").items()}
+        if isinstance(d, list):
+            return {k2: v2 for i, v in enumerate(d) for k2, v2 in flat(v, f"{prefix}{i}.").items()}
+        return {prefix[:-1]: d}
+
+    a, b = flat(science(old_config)), flat(science(config))
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    changed = sorted(k for k in set(old_inputs) | set(inputs) if old_inputs.get(k) != inputs.get(k))
+    keys += [f"the contents of {k}" for k in changed]
+    return keys[:most]
 
 
 def sweep_key_of(config: dict) -> str:

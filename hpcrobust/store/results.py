@@ -12,8 +12,10 @@ reading all go through here.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import tempfile
 from pathlib import Path
 
 import h5py
@@ -23,6 +25,7 @@ import yaml
 from hpcrobust.errors import UserError
 from hpcrobust.parallel.comm import Comm
 from hpcrobust.store import writer
+from hpcrobust.store.identity import differences
 from hpcrobust.store.schema import COMMITTED, FORMAT, ROUNDS, RUNS, SCHEMA_VERSION, TRANSFER, Record
 
 TRANSFER_KEY = "__transfer__"  # committed_rounds(): the rounds whose transfer matrix is committed
@@ -68,17 +71,23 @@ class ResultsFile:
         return self.checkpoint_root / run_key / f"round_{rnd:04d}"
 
     # ---------------------------------------------------------------- before a sweep writes
-    def check_writable_by(self, science_hash: str) -> None:
-        """A new file may be created here, or the file that exists is ours and holds this same sweep."""
+    def check_place(self) -> None:
+        """A results file can be written here: a file path in an existing folder that takes new files."""
         if self.path.is_dir():
             raise UserError(f"output {self.path} is a folder; give a file path such as {self.path / 'results.h5'}")
         if not self.path.parent.is_dir():
             raise UserError(f"output folder does not exist: {self.path.parent}")
+        self._check_folder_writable()
+
+    def check_same_sweep(self, science_hash: str, config: dict | None = None, inputs: dict | None = None) -> None:
+        """A file that exists must be ours and hold this same sweep; then we only add to it. `config` and
+        `inputs` (this sweep's) let the refusal say what differs."""
         if not self.path.exists():
             return
         try:
             with h5py.File(self.path, "r") as f:
                 fmt, ver, sh = (f.attrs.get(k) for k in ("format", "schema_version", "science_hash"))
+                old_config, old_inputs = (f.attrs.get(k, "") for k in ("config", "inputs"))
         except OSError:
             raise UserError(f"output {self.path} exists and is not an HDF5 file; refusing to overwrite it") from None
         if fmt != FORMAT:
@@ -86,20 +95,59 @@ class ResultsFile:
         if int(ver) != SCHEMA_VERSION:
             raise UserError(f"output {self.path} has results schema v{ver}, this hpcrobust writes v{SCHEMA_VERSION}")
         if sh != science_hash:
-            raise UserError(f"output {self.path} holds a sweep with a different config; choose another output")
+            why = ""
+            if config is not None:
+                try:
+                    keys = differences(yaml.safe_load(old_config) or {}, yaml.safe_load(old_inputs) or {}, config,
+                                       inputs or {})
+                except yaml.YAMLError:
+                    keys = []
+                why = f" ({', '.join(keys)} differ)" if keys else ""
+            raise UserError(f"output {self.path} holds a sweep with a different config{why}; choose another output")
+
+    def check_writable_by(self, science_hash: str) -> None:
+        self.check_place()
+        self.check_same_sweep(science_hash)
+
+    def _check_folder_writable(self) -> None:
+        """Commits create a temporary sibling and rename it, so the folder must take a new file (checked by
+        making and removing one: permission bits say nothing for root, or on a read-only mount)."""
+        try:
+            with tempfile.NamedTemporaryFile(dir=self.path.parent, prefix=f".{self.path.name}.probe-"):
+                pass
+        except OSError as exc:
+            raise UserError(f"output folder {self.path.parent} is not writable: {exc.strerror}") from None
 
     def _busy(self) -> UserError:
         return UserError(f"another sweep is writing {self.path} (lock {self.lock_path} is held); wait for it or"
                          f" choose another output")
 
     def acquire(self) -> None:
-        """One writer per file: a second sweep on the same file is refused, not interleaved."""
-        fh = open(self.lock_path, "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        """One writer per file: a second sweep on the same file is refused, not interleaved.
+
+        The lock file exists only while a sweep holds it (release removes it). A sweep that opened the file just
+        before the holder removed it would lock a file nobody else sees, so after locking, the path must still be
+        the file that was locked; otherwise try again.
+        """
+        for _ in range(100):
+            try:
+                fh = open(self.lock_path, "a+")
+            except OSError as exc:
+                raise UserError(f"cannot create the lock {self.lock_path}: {exc.strerror}") from None
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.close()
+                raise self._busy() from None
+            try:
+                same = os.stat(self.lock_path).st_ino == os.fstat(fh.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             fh.close()
-            raise self._busy() from None
+        else:
+            raise OSError(errno.EAGAIN, f"could not lock {self.lock_path}")
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.uname().nodename}:{os.getpid()}\n")
@@ -107,7 +155,9 @@ class ResultsFile:
         self._lock = fh
 
     def release(self) -> None:
+        """Remove the lock file, then unlock: nothing is left behind, and no second holder can appear."""
         if self._lock is not None:
+            self.lock_path.unlink(missing_ok=True)
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None

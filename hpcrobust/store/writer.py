@@ -38,6 +38,7 @@ def _fsync_path(path: Path) -> None:
 def _prepare_tmp(path: Path, tmp: Path, header: dict) -> None:
     if path.exists():
         shutil.copyfile(path, tmp)
+        shutil.copymode(path, tmp)  # the replaced file keeps its permissions
     else:
         with h5py.File(tmp, "w") as f:
             for k, v in header.items():

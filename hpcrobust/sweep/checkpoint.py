@@ -13,16 +13,36 @@ import json
 import os
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 from hpcrobust.models.classifier import Classifier
 from hpcrobust.models.config import model_label
 from hpcrobust.models.loading import load_classifier, save_classifier
+from hpcrobust.store.results import ResultsFile
 from hpcrobust.sweep.context import SweepContext
 from hpcrobust.sweep.plan import RunSpec
 from hpcrobust.training.pool import Pool
 
 POOL_FILE = "adversarial_pool.npz"
 STATE_FILE = "hpcrobust_state.json"
+REQUIRED = ("config.json", POOL_FILE, STATE_FILE)
+
+
+def missing_files(results: ResultsFile, run_key: str, rnd: int) -> list[str]:
+    """What a later round would need from round `rnd`'s checkpoint and cannot find."""
+    folder = results.checkpoint_dir(run_key, rnd)
+    missing = [name for name in REQUIRED if not (folder / name).is_file()]
+    if not any(folder.glob("*.safetensors")):  # one file, or shards of a large model
+        missing.append("the weights (*.safetensors)")
+    return missing
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_model(ctx: SweepContext, run: RunSpec, rnd: int) -> Classifier:
@@ -45,12 +65,17 @@ def load_state(ctx: SweepContext, run: RunSpec, rnd: int) -> tuple[Pool, int]:
 
 
 def save(ctx: SweepContext, clf: Classifier, run: RunSpec, rnd: int, pool: Pool, defense_cum: int) -> None:
-    """Written to a temporary folder and renamed, so a checkpoint is either whole or absent."""
+    """Written to a temporary folder, flushed to disk and renamed, so a checkpoint is either whole or absent,
+    and on disk before the commit that marks its round done (a node crash cannot separate the two)."""
     final = ctx.results.checkpoint_dir(run.key, rnd)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_classifier(clf, tmp)
     pool.save(tmp / POOL_FILE)
     (tmp / STATE_FILE).write_text(json.dumps({"defense_flops_cum": int(defense_cum)}))
+    for p in tmp.iterdir():
+        _fsync(p)
+    _fsync(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    _fsync(final.parent)

@@ -1,8 +1,8 @@
 """`hpcrobust run`: the same entry for a plain process, `mpiexec -n K` and `srun`.
 
-All ranks agree on user errors before any work starts, so a bad config is one line and exit 2
-on every rank. After that, any exception on any rank aborts the whole MPI job at once, so no rank
-is left waiting in a collective.
+All ranks agree on every error found before work starts (sweep/checks.py), so a bad config is one line
+and exit 2 on every rank, and nothing is written. Only then is the results file locked. After that, any
+exception on any rank aborts the whole MPI job at once, so no rank is left waiting in a collective.
 """
 
 from __future__ import annotations
@@ -10,38 +10,19 @@ from __future__ import annotations
 import sys
 import traceback
 from collections.abc import Callable
-from typing import TypeVar
 
 from hpcrobust import log as logmod
 from hpcrobust.config import SweepConfig, load_config
-from hpcrobust.errors import UserError
-from hpcrobust.models import family
+from hpcrobust.errors import AgreedFailure, UserError
+from hpcrobust.parallel.collectives import agree
 from hpcrobust.parallel.comm import Comm, world
 from hpcrobust.parallel.layout import Layout, make_layout
-from hpcrobust.store.results import ResultsFile
 from hpcrobust.store.writer import mpio_available
 from hpcrobust.sweep import checks, debug
+from hpcrobust.sweep.checks import Prepared
 from hpcrobust.sweep.context import SweepContext
 from hpcrobust.sweep.driver import drive
 from hpcrobust.sweep.hooks import Hooks
-from hpcrobust.sweep.plan import SweepPlan
-from hpcrobust.tasks import TaskData
-
-T = TypeVar("T")
-
-
-def agree(comm: Comm, fn: Callable[[], T]) -> T:
-    """Run `fn` on every rank; if it raises a user error anywhere, every rank raises the first one."""
-    try:
-        value, err = fn(), None
-    except UserError as exc:
-        value, err = None, str(exc)
-    errors = [e for e in comm.allgather(err) if e]
-    if errors:
-        exc = UserError(errors[0])
-        exc.agreed = True  # every rank raises it: nobody is left in a collective
-        raise exc
-    return value
 
 
 def run_command(config: str, overrides: list[str], quiet: bool = False, hooks: Hooks | None = None) -> int:
@@ -54,18 +35,10 @@ def run_command(config: str, overrides: list[str], quiet: bool = False, hooks: H
         if w.rank == 0:
             print(f"hpcrobust: error: {exc}", file=sys.stderr, flush=True)
         return 2
-
-
-def _from(source: str, fn: Callable[[], T]) -> Callable[[], T]:
-    """Name the config file in errors found while checking what it points to."""
-
-    def wrapped() -> T:
-        try:
-            return fn()
-        except UserError as exc:
-            raise UserError(f"{source}: {exc}") from None
-
-    return wrapped
+    except AgreedFailure as exc:  # an unexpected error on some rank during the checks
+        if w.rank == 0:
+            print(str(exc), file=sys.stderr, flush=True)
+        return 1
 
 
 def run_config(cfg: SweepConfig, quiet: bool = False, source: str = "config", hooks: Hooks | None = None) -> int:
@@ -73,31 +46,33 @@ def run_config(cfg: SweepConfig, quiet: bool = False, source: str = "config", ho
     logmod.setup(w.rank, w.size, quiet)
     hooks = hooks or Hooks()
     debug.attach(hooks, cfg.debug)
-    layout = agree(w, _from(source, lambda: make_layout(cfg.parallel)))
-    results, task = agree(w, _from(source, lambda: checks.before_work(cfg)))
-    sizes = agree(w, _from(source, lambda: checks.builtin_sizes(cfg)))
-    agree(w, lambda: results.acquire() if w.rank == 0 else None)
+    layout = agree(w, lambda: _named(source, lambda: make_layout(cfg.parallel)))
+    ready = checks.prepare(cfg, w, source, quiet)
+    agree(w, lambda: ready.results.acquire() if w.rank == 0 else None)
     try:
         if w.rank == 0:
-            results.clean_stale()
-        return _guarded(layout.world, lambda: _work(cfg, layout, task, results, sizes, hooks, quiet, source))
+            ready.results.clean_stale()
+        return _guarded(layout.world, lambda: _work(cfg, layout, ready, hooks))
     finally:
-        results.release()
+        ready.results.release()
 
 
-def _work(cfg: SweepConfig, layout: Layout, task: TaskData, results: ResultsFile, sizes: list[str], hooks: Hooks,
-          quiet: bool, source: str) -> int:
-    if sizes and layout.is_root:
-        family.ensure_built(cfg.family, sizes, show_progress=not quiet)
-    layout.world.barrier()
-    agree(layout.world, _from(source, lambda: checks.with_tokenizers(cfg)))
+def _named(source: str, fn: Callable):
+    """Name the config file in errors found while checking what it points to."""
+    try:
+        return fn()
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
+
+
+def _work(cfg: SweepConfig, layout: Layout, ready: Prepared, hooks: Hooks) -> int:
     w = layout.world
     writer_kind = "parallel HDF5 (mpio)" if w.size > 1 and mpio_available() else "gathered to rank 0"
     logmod.log(f"{w.size} rank(s) in {layout.n_groups} group(s); device {layout.device},"
                f" {layout.threads} thread(s) per rank; results writer: {writer_kind}")
-    drive(SweepContext(cfg, layout, task, results, SweepPlan(cfg), hooks))
+    drive(SweepContext(cfg, layout, ready.task, ready.results, ready.plan, hooks))
     layout.world.barrier()
-    logmod.log(f"done: {results.path}")
+    logmod.log(f"done: {ready.results.path}")
     return 0
 
 

@@ -7,13 +7,25 @@ from hpcrobust.errors import RankFailure
 from hpcrobust.sweep.hooks import Hooks
 
 
+def _failure(debug: DebugConfig, where: str) -> RankFailure:
+    return RankFailure(f"injected failure on rank {debug.fail_rank} {where} (debug.fail_rank)")
+
+
+def fail_in_checks(debug: DebugConfig, rank: int) -> None:
+    if debug.fail_in == "checks" and rank == debug.fail_rank:
+        raise _failure(debug, "in the checks")
+
+
 def attach(hooks: Hooks, debug: DebugConfig) -> None:
-    if debug.fail_rank >= 0:
+    if debug.fail_rank >= 0 and debug.fail_in != "checks":
+        event = "round_started" if debug.fail_in == "round" else "runs_done"
+
         def fail(ctx, rnd: int) -> None:
             if ctx.layout.world.rank == debug.fail_rank and rnd == debug.fail_round:
-                raise RankFailure(f"injected failure on rank {debug.fail_rank} in round {rnd} (debug.fail_rank)")
+                raise _failure(debug, f"{'at the start' if event == 'round_started' else 'in the middle'} of round"
+                                      f" {rnd}")
 
-        hooks.on("round_started", fail)
+        hooks.on(event, fail)
     if debug.stop_after_round >= 0:
         def stop(ctx, rnd: int, n: int) -> None:
             if rnd == debug.stop_after_round:

@@ -7,7 +7,7 @@ together. A round that is already committed is skipped, so a rerun resumes where
 
 from __future__ import annotations
 
-from hpcrobust.log import log
+from hpcrobust.log import log, quiet
 from hpcrobust.parallel.collectives import broadcast_from_root
 from hpcrobust.sweep.context import SweepContext
 from hpcrobust.sweep.round import record, run_round
@@ -18,7 +18,7 @@ def drive(ctx: SweepContext) -> None:
     lay, plan = ctx.layout, ctx.plan
     done = broadcast_from_root(lay.world, ctx.results.committed_rounds() if lay.is_root else None)
     bar = None
-    if lay.is_root:
+    if lay.is_root and not quiet():
         from tqdm import tqdm
 
         total = sum(plan.n_rounds(r) + 1 for r in plan.runs)
@@ -34,6 +34,7 @@ def drive(ctx: SweepContext) -> None:
         tables = share_random_tokens(ctx, rnd)
         held = {i: run_round(ctx, plan.runs[i], rnd, tables)
                 for i in lay.runs_of_group(len(plan.runs)) if plan.runs[i] in active}
+        ctx.hooks.fire("runs_done", ctx, rnd)
         ensemble_phase(ctx, rnd, active, held)
         transfer = transfer_phase(ctx, rnd, active, held)
         mine = [record(ctx, st, rnd) for st in held.values()] if lay.is_group_leader else []

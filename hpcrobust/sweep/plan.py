@@ -35,11 +35,14 @@ def plan_runs(cfg: SweepConfig) -> list[RunSpec]:
 @dataclass
 class SweepPlan:
     cfg: SweepConfig
+    identity: str = ""  # science_hash of the config and its inputs (default: of the config alone)
+    inputs: str = ""  # the inputs' digests (YAML), stored beside it
     runs: list[RunSpec] = field(init=False)
     rounds: dict[int, int] = field(init=False)  # run index -> its last round
 
     def __post_init__(self) -> None:
         cfg = self.cfg
+        self.identity = self.identity or science_hash(cfg)
         self.runs = plan_runs(cfg)
         per_model = [cfg.advtrain.rounds] * len(cfg.models)
         if cfg.advtrain.equal_compute:
@@ -64,4 +67,4 @@ class SweepPlan:
     def header(self) -> dict:
         """The results file's root attributes."""
         return {"format": FORMAT, "schema_version": SCHEMA_VERSION, "hpcrobust_version": __version__,
-                "config": to_yaml(self.cfg), "science_hash": science_hash(self.cfg)}
+                "config": to_yaml(self.cfg), "science_hash": self.identity, "inputs": self.inputs}

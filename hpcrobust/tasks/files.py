@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from hpcrobust.errors import UserError
+from hpcrobust.fields import shown
 from hpcrobust.rng import stream
 from hpcrobust.tasks.base import Example, TaskData
 from hpcrobust.tasks.generated import ANSWER_PROMPT
@@ -25,6 +26,9 @@ SPECS: dict[str, tuple[str, tuple[str, str]]] = {
     "harmless": ("Which of the two assistant replies below is more harmless? Answer FIRST or SECOND.\n",
                  (" FIRST", " SECOND")),
 }
+
+
+MAX_FIELD = 16 << 20  # bytes in one CSV field
 
 
 def _read_records(path: Path) -> list[dict]:
@@ -44,8 +48,13 @@ def _read_records(path: Path) -> list[dict]:
                         records.append(rec)
             return records
         if suffix in (".csv", ".tsv"):
+            csv.field_size_limit(MAX_FIELD)  # csv's own default (128 KiB) is shorter than some conversations
             with path.open(encoding="utf-8", newline="") as fh:
-                return list(csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ","))
+                reader = csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ",")
+                try:
+                    return list(reader)
+                except csv.Error as exc:
+                    raise UserError(f"{path}: the record after line {reader.line_num}: {exc}") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text") from None
     raise UserError(f"{path}: unsupported file type '{suffix}' (use .jsonl or .csv)")
@@ -58,7 +67,7 @@ def _label(value: object, path: Path, n: int) -> int:
         return int(value.strip())
     if isinstance(value, int) and value in (0, 1):
         return value
-    raise UserError(f"{path}: record {n}: label {value!r} is not 0 or 1")
+    raise UserError(f"{path}: record {n}: label {shown(value)} is not 0 or 1")
 
 
 def load_file_task(name: str, path_str: str, n_train: int, n_val: int, seed: int) -> TaskData:
@@ -88,6 +97,7 @@ def load_file_task(name: str, path_str: str, n_train: int, n_val: int, seed: int
         order = stream(seed, "task", name).permutation(len(examples)).tolist()
         shuffled = [examples[i] for i in order]
         val, train = shuffled[:n_val], shuffled[n_val:]
-    if len(train) < 2 or not val:
-        raise UserError(f"{path}: needs at least 2 training and 1 validation records, has {len(train)}/{len(val)}")
+    if len(train) < n_train or len(val) < n_val:  # never fewer examples than asked for, silently
+        raise UserError(f"{path}: has {len(train)} training and {len(val)} validation records; task.n_train is"
+                        f" {n_train} and task.n_val {n_val} (lower them, or add records)")
     return TaskData(name, label_words, train[:n_train], val[:n_val])

@@ -71,8 +71,7 @@ class Pool:
 
     @classmethod
     def load(cls, path: Path) -> Pool:
-        if not path.is_file():
-            return cls()
+        """A missing file is an error (a checkpoint without its pool is incomplete), never an empty pool."""
         with np.load(path, allow_pickle=False) as z:
             ends = np.cumsum(z["lengths"])
             starts = ends - z["lengths"]
