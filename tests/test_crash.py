@@ -3,16 +3,20 @@ completes the sweep with exactly the values of an uninterrupted run. A second co
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
 from hpcrobust.store.reader import committed_rounds, open_results
 from hpcrobust.store.schema import RUNS
-from tests.conftest import hpcrobust_cmd, run_cli
+from hpcrobust.store.writer import STEPS
+from tests.conftest import ROOT, hpcrobust_cmd, run_cli
 from tests.h5compare import assert_same
 
 SEED = 20240611  # fixes the kill moments
@@ -33,8 +37,9 @@ def _committed(out: Path) -> dict[str, set[int]]:
         return {}
 
 
-def _round_values(out: Path) -> dict[tuple[str, int], dict]:
-    """Every dataset of every committed round, wall times included: a recomputed round would differ."""
+def _round_values(out: Path, timings: bool = True) -> dict[tuple[str, int], dict]:
+    """Every dataset of every committed round, wall times included (a recomputed round would differ) unless
+    `timings` is off (to compare with another run)."""
     vals: dict[tuple[str, int], dict] = {}
     with open_results(out) as f:
         for run, g in f.get(RUNS, {}).items():
@@ -43,7 +48,7 @@ def _round_values(out: Path) -> dict[tuple[str, int], dict]:
                     continue
                 data = {}
                 rg.visititems(lambda n, o, d=data: d.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None)
-                vals[(run, int(r))] = data
+                vals[(run, int(r))] = {k: v for k, v in data.items() if timings or not k.endswith("wall_time")}
     return vals
 
 
@@ -176,3 +181,61 @@ def test_second_concurrent_sweep_is_refused_in_one_line(tiny):
     finally:
         first.kill()
         first.wait()
+
+
+# ---------------------------------------------------------------- kills at controlled points inside a commit
+
+STEP_ROUNDS = [*ROUNDS[:2], "advtrain.rounds=3", *ROUNDS[3:-1]]  # rounds 0..3; the kill lands in round 2's commit
+NO_LOCKING = {"HDF5_USE_FILE_LOCKING": "FALSE"}  # read a file while a paused writer still has it open
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, family_cache):
+    cwd = tmp_path_factory.mktemp("crash-ref")
+    (cwd / "tiny.yaml").write_text((ROOT / "tests" / "data" / "tiny.yaml").read_text())
+    proc = run_cli(["run", "tiny.yaml", *STEP_ROUNDS, "output=ref.h5", "--quiet"], cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return cwd / "ref.h5"
+
+
+def _kill_inside_commit(cwd: Path, step: str, in_place: bool = False) -> None:
+    marker = cwd / "paused"
+    marker.unlink(missing_ok=True)
+    cmd = [sys.executable, str(ROOT / "tests" / "crash_driver.py"), step, "2", str(marker),
+           *(["--in-place"] if in_place else []), "tiny.yaml", *STEP_ROUNDS, "output=killed.h5"]
+    p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         env={**os.environ, **NO_LOCKING})
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        assert p.poll() is None, p.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "the sweep never reached the commit step"
+        time.sleep(0.02)
+    p.kill()  # SIGKILL, with the commit paused at `step`
+    p.wait()
+
+
+def _assert_intact(out: Path, ref: Path, rounds: set[int]) -> None:
+    """The file opens, holds exactly `rounds` committed for every run, and their values are the reference's."""
+    done = {k: v for k, v in committed_rounds(out).items() if k != "__transfer__"}
+    assert done and all(v == rounds for v in done.values()), done
+    vals, expected = _round_values(out, timings=False), _round_values(ref, timings=False)
+    assert set(vals) == {k for k in expected if k[1] in rounds}
+    assert all(_same(v, expected[k]) for k, v in vals.items())
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_kill_at_each_step_of_a_commit_keeps_the_file_whole(tiny, reference, step):
+    cwd = tiny.parent
+    _kill_inside_commit(cwd, step)
+    _assert_intact(cwd / "killed.h5", reference, {0, 1, 2} if step == "replaced" else {0, 1})
+    again = run_cli(["run", str(tiny), *STEP_ROUNDS, "output=killed.h5"], cwd=cwd)
+    assert again.returncode == 0, again.stderr
+    assert assert_same(reference, cwd / "killed.h5") > 50
+    assert not (cwd / ".killed.h5.commit.tmp").exists()
+
+
+def test_the_kill_test_catches_a_writer_that_commits_in_place(tiny, reference):
+    cwd = tiny.parent
+    _kill_inside_commit(cwd, "laid out", in_place=True)
+    with pytest.raises(Exception):  # noqa: B017 - any way of failing: unreadable file, lost or changed rounds
+        _assert_intact(cwd / "killed.h5", reference, {0, 1})

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -11,6 +17,7 @@ from hpcrobust.parallel.comm import Comm
 from hpcrobust.store import reader
 from hpcrobust.store.results import ResultsFile
 from hpcrobust.store.schema import FORMAT, SCHEMA_VERSION, Record, round_path, run_path, text_array
+from tests.conftest import ROOT
 
 HEADER = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "hpcrobust_version": "t", "config": "{}",
           "science_hash": "abc"}
@@ -53,14 +60,49 @@ def test_uncommitted_rounds_are_invisible(tmp_path):
     assert list(reader.load(out).clean_accuracy) == [0.9, 0.7]
 
 
-def test_killed_commit_leaves_the_old_file(tmp_path):
+KILLED_COMMIT = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from hpcrobust.parallel.comm import Comm
+from hpcrobust.store.results import ResultsFile
+from tests.test_store import HEADER, _rec
+
+def pause(step):
+    if step == sys.argv[2]:
+        Path(sys.argv[1] + ".paused").write_text(step)
+        time.sleep(600)
+
+ResultsFile(sys.argv[1]).commit(Comm(None), HEADER, [_rec("run0", 1, 0.7)], on_step=pause)
+"""
+
+
+@pytest.mark.parametrize("step", ["copied", "laid out", "written", "marked"])
+def test_a_commit_killed_half_way_leaves_the_old_file(tmp_path, step):
     out = tmp_path / "r.h5"
     _commit(out, [_rec("run0", 0, 0.9)])
+    before = out.read_bytes()
+    p = subprocess.Popen([sys.executable, "-c", KILLED_COMMIT, str(out), step], cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while not Path(f"{out}.paused").exists():
+        assert p.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
     results = ResultsFile(out)
-    results.tmp_path.write_bytes(b"half a file")  # the temporary file of a commit that was killed
+    assert results.tmp_path.exists() and out.read_bytes() == before  # the real writer never touched the file
     assert list(reader.load(out)["round"]) == [0]
-    results.clean_stale()
+    results.clean_stale()  # what the next lock holder does
     assert not results.tmp_path.exists()
+    assert _commit(out, [_rec("run0", 1, 0.7)]) == 1 and list(reader.load(out)["round"]) == [0, 1]
+
+
+def test_a_commit_keeps_the_files_permissions(tmp_path):
+    out = tmp_path / "r.h5"
+    _commit(out, [_rec("run0", 0, 0.9)])
+    out.chmod(0o640)
+    _commit(out, [_rec("run0", 1, 0.7)])
+    assert out.stat().st_mode & 0o777 == 0o640
 
 
 def test_existing_file_checks(tmp_path):

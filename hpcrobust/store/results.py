@@ -178,9 +178,10 @@ class ResultsFile:
         self.tmp_path.unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- writing
-    def commit(self, world: Comm, header: dict, mine: list[Record]) -> int:
-        """Collective: every rank brings the records it owns; they become visible together, atomically."""
-        return writer.commit(world, self.path, self.tmp_path, header, mine)
+    def commit(self, world: Comm, header: dict, mine: list[Record], on_step=None) -> int:
+        """Collective: every rank brings the records it owns; they become visible together, atomically
+        (`on_step`: see writer.commit)."""
+        return writer.commit(world, self.path, self.tmp_path, header, mine, on_step)
 
     # ---------------------------------------------------------------- reading
     def open(self) -> h5py.File:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -76,8 +77,19 @@ def _fill(f: h5py.File, rec: Record) -> None:
             g[k][...] = v
 
 
-def commit(world: Comm, path: Path, tmp: Path, header: dict, mine: list[Record]) -> int:
-    """Collective: every rank calls it with the records it owns. Returns how many were committed."""
+STEPS = ("copied", "laid out", "written", "marked", "replaced")  # what `on_step` hears, in order
+
+
+def commit(world: Comm, path: Path, tmp: Path, header: dict, mine: list[Record],
+           on_step: Callable[[str], None] | None = None) -> int:
+    """Collective: every rank calls it with the records it owns. Returns how many were committed.
+
+    `on_step(step)` runs at each step of STEPS on the ranks that write (rank 0, or every rank with mpio):
+    the temporary copy exists; the new records' groups and empty datasets are in it; their data is written
+    and flushed, unmarked; they are marked and the copy closed; the copy replaced the file. Tests pause there
+    to kill a commit half-way.
+    """
+    step = on_step or (lambda _: None)
     for rec in mine:
         rec.check()
     if world.size > 1 and mpio_available():
@@ -87,18 +99,23 @@ def commit(world: Comm, path: Path, tmp: Path, header: dict, mine: list[Record])
         if world.rank == 0:
             _prepare_tmp(path, tmp, header)
         world.barrier()
+        step("copied")
         with h5py.File(tmp, "r+", driver="mpio", comm=world.raw) as f:
             for m in metas:
                 _layout(f, m)
+            step("laid out")
             for rec in mine:
                 _fill(f, rec)
             f.flush()
             world.barrier()
+            step("written")
             for m in metas:
                 f[m["path"]].attrs[COMMITTED] = 1
+        step("marked")
         if world.rank == 0:
             _finish(tmp, path)
         world.barrier()
+        step("replaced")
         return len(metas)
     parts = world.gather(mine, root=0)
     n = 0
@@ -107,12 +124,18 @@ def commit(world: Comm, path: Path, tmp: Path, header: dict, mine: list[Record])
         n = len(recs)
         if recs:
             _prepare_tmp(path, tmp, header)
+            step("copied")
             with h5py.File(tmp, "r+") as f:
                 for rec in recs:
                     _layout(f, rec.meta())
+                step("laid out")
+                for rec in recs:
                     _fill(f, rec)
                 f.flush()
+                step("written")
                 for rec in recs:
                     f[rec.path].attrs[COMMITTED] = 1
+            step("marked")
             _finish(tmp, path)
+            step("replaced")
     return world.bcast(n)

@@ -38,7 +38,8 @@ def drive(ctx: SweepContext) -> None:
         ensemble_phase(ctx, rnd, active, held)
         transfer = transfer_phase(ctx, rnd, active, held)
         mine = [record(ctx, st, rnd) for st in held.values()] if lay.is_group_leader else []
-        n = ctx.results.commit(lay.world, header, mine + ([transfer] if transfer else []))
+        n = ctx.results.commit(lay.world, header, mine + ([transfer] if transfer else []),
+                               on_step=lambda step, r=rnd: ctx.hooks.fire("commit_step", ctx, r, step))
         if bar is not None:
             bar.update(len(active))
         if n:

@@ -6,6 +6,9 @@ callback may itself take part in a collective, or raise to stop every rank toget
     sweep_started(ctx)              the checks passed, the lock is held, before round 0
     round_started(ctx, rnd)         a round that is not yet committed is about to run
     runs_done(ctx, rnd)             this group's runs of the round are done; the cross-run phases come next
+    commit_step(ctx, rnd, step)     inside the commit, on the ranks that write: step is one of
+                                    store/writer.py's STEPS (copied, laid out, written,
+                                    marked, replaced)
     round_committed(ctx, rnd, n)    round `rnd` (n records) is in the file
     sweep_finished(ctx)             every round of every run is committed
 
@@ -18,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-EVENTS = ("sweep_started", "round_started", "runs_done", "round_committed", "sweep_finished")
+EVENTS = ("sweep_started", "round_started", "runs_done", "commit_step", "round_committed", "sweep_finished")
 
 
 @dataclass
