@@ -64,9 +64,9 @@ def before_work(cfg: SweepConfig) -> tuple[ResultsFile, TaskData]:
     _counts(cfg, task)
     env = _env(cfg, vocabs)
     for key, a in _attacks(cfg):
+        for extra in a.plugin.extra_models(a, cfg.family):
+            model_config(extra, cfg.family, key)
         a.plugin.check(a, key, env)
-        for j, extra in enumerate(a.plugin.extra_models(a, cfg.family)):
-            model_config(extra, cfg.family, f"{key} model {j} ({extra.name_or_path})")
     results = ResultsFile(cfg.output)
     results.check_place()
     return results, task

@@ -8,12 +8,12 @@ from hpcrobust.sweep.hooks import Hooks
 
 
 def _failure(debug: DebugConfig, where: str) -> RankFailure:
-    return RankFailure(f"injected failure on rank {debug.fail_rank} {where} (debug.fail_rank)")
+    return RankFailure(f"injected failure on rank {debug.fail_rank} in {where} (debug.fail_rank)")
 
 
 def fail_in_checks(debug: DebugConfig, rank: int) -> None:
     if debug.fail_in == "checks" and rank == debug.fail_rank:
-        raise _failure(debug, "in the checks")
+        raise _failure(debug, "the checks")
 
 
 def attach(hooks: Hooks, debug: DebugConfig) -> None:
@@ -22,8 +22,7 @@ def attach(hooks: Hooks, debug: DebugConfig) -> None:
 
         def fail(ctx, rnd: int) -> None:
             if ctx.layout.world.rank == debug.fail_rank and rnd == debug.fail_round:
-                raise _failure(debug, f"{'at the start' if event == 'round_started' else 'in the middle'} of round"
-                                      f" {rnd}")
+                raise _failure(debug, f"round {rnd}" + (" (mid-round)" if debug.fail_in == "mid_round" else ""))
 
         hooks.on(event, fail)
     if debug.stop_after_round >= 0:
