@@ -26,6 +26,7 @@ from hpcrobust.config import LaunchConfig, SweepConfig, load_config, to_yaml
 from hpcrobust.errors import UserError
 from hpcrobust.launch.job import SweepJob
 from hpcrobust.launch.plan import TaskSpec, job_name, log_root, plan_tasks, quote_times, require_partition, task_configs
+from hpcrobust.tracking import check as check_tracking
 
 CLUSTERS = ("slurm", "local", "debug")
 
@@ -85,6 +86,7 @@ def make_plan(config: str, overrides: list[str], cluster: str, dry_run: bool = F
                         f" add launch.nodes=1 launch.tasks_per_node=1, or use `mpiexec -n K hpcrobust run`")
     tasks = plan_tasks(cfg, overrides)
     _check_outputs(task_configs(config, tasks))
+    check_tracking(cfg.tracking)  # a tracker extra missing here is missing in the job too (same environment)
     folder = Path(launch.folder).expanduser().absolute()
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
     freeze_dir = log_root(launch.folder) / "submissions" / stamp
@@ -93,7 +95,7 @@ def make_plan(config: str, overrides: list[str], cluster: str, dry_run: bool = F
         if launch.freeze_code:
             code = shlex.quote(str(freeze_dir / "code"))
             setup.append(f"export PYTHONPATH={code}${{PYTHONPATH:+:$PYTHONPATH}}")
-        params = slurm_parameters(launch, job_name(config), setup)
+        params = slurm_parameters(launch, job_name(config, cfg.experiment), setup)
     elif cluster == "local":
         params = {"timeout_min": launch.minutes(), "tasks_per_node": 1, "gpus_per_node": launch.gpus_per_node,
                   "signal_delay_s": launch.slurm_signal_delay_s}

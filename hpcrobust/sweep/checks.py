@@ -12,6 +12,7 @@ from hpcrobust.models import family
 from hpcrobust.models.loading import model_config, resolve
 from hpcrobust.store.results import ResultsFile
 from hpcrobust.tasks import TaskData, load_task
+from hpcrobust.tracking import check as check_tracking
 
 
 def check_output(cfg: SweepConfig) -> ResultsFile:
@@ -39,7 +40,7 @@ def _env(cfg: SweepConfig, vocabs: list[int]) -> CheckEnv:
 
 
 def before_work(cfg: SweepConfig) -> tuple[ResultsFile, TaskData]:
-    """Models, task, attacks and output; returns the results file and the task's examples."""
+    """Models, task, attacks, output and tracker; returns the results file and the task's examples."""
     for m in cfg.models:
         resolve(m, cfg.family)
     vocabs = vocab_sizes(cfg)
@@ -47,7 +48,9 @@ def before_work(cfg: SweepConfig) -> tuple[ResultsFile, TaskData]:
     env = _env(cfg, vocabs)
     for key, a in _attacks(cfg):
         a.plugin.check(a, key, env)
-    return check_output(cfg), task
+    results = check_output(cfg)
+    check_tracking(cfg.tracking)
+    return results, task
 
 
 def with_tokenizers(cfg: SweepConfig) -> None:

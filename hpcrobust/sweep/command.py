@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from hpcrobust import log as logmod
@@ -26,6 +27,7 @@ from hpcrobust.sweep.driver import drive
 from hpcrobust.sweep.hooks import Hooks
 from hpcrobust.sweep.plan import SweepPlan
 from hpcrobust.tasks import TaskData
+from hpcrobust.tracking import attach as attach_tracker
 
 T = TypeVar("T")
 
@@ -76,12 +78,16 @@ def run_config(cfg: SweepConfig, quiet: bool = False, source: str = "config", ho
     layout = agree(w, _from(source, lambda: make_layout(cfg.parallel)))
     results, task = agree(w, _from(source, lambda: checks.before_work(cfg)))
     sizes = agree(w, _from(source, lambda: checks.builtin_sizes(cfg)))
+    tracker = attach_tracker(hooks, cfg.tracking, cfg.experiment or Path(source).stem, results.path)
+    agree(w, _from(source, lambda: tracker.connect() if tracker is not None and w.rank == 0 else None))
     agree(w, lambda: results.acquire() if w.rank == 0 else None)
     try:
         if w.rank == 0:
             results.clean_stale()
         return _guarded(layout.world, lambda: _work(cfg, layout, task, results, sizes, hooks, quiet, source))
     finally:
+        if tracker is not None:
+            tracker.close()  # after sweep_finished a no-op; after a stop or an error it ends the tracker runs
         results.release()
 
 

@@ -64,4 +64,4 @@ class SweepPlan:
     def header(self) -> dict:
         """The results file's root attributes."""
         return {"format": FORMAT, "schema_version": SCHEMA_VERSION, "hpcrobust_version": __version__,
-                "config": to_yaml(self.cfg), "science_hash": science_hash(self.cfg)}
+                "config": to_yaml(self.cfg), "science_hash": science_hash(self.cfg), "experiment": self.cfg.experiment}
