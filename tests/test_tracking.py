@@ -80,6 +80,7 @@ def test_mlflow_run_continues_after_a_stop(tiny):
     run = runs[0]
     assert run.data.tags["hpcrobust_run_id"] == rid and run.info.run_name == f"tiny/{RUN}"
     assert run.info.status == "FINISHED" and run.data.params["task.name"] == "password_match"
+    assert not any(k.startswith("tracking.") for k in run.data.params)
     hist = client.get_metric_history(run.info.run_id, "clean_accuracy")
     assert sorted((m.step, m.value) for m in hist) == [(r, df[df["round"] == r]["clean_accuracy"].item())
                                                         for r in (0, 1)]
@@ -129,6 +130,7 @@ def test_an_unusable_tracker_store_is_one_line_before_the_sweep(tiny):
     (["tracking.backend=comet"], "tracking.backend: 'comet' is not one of none, wandb, mlflow"),
     (["tracking.backend=wandb", "tracking.uri=x"], "tracking.uri: only for tracking.backend=mlflow"),
     (["tracking.dir=x"], "tracking.dir: only for tracking.backend=wandb"),
+    (["tracking.backend=mlflow", "tracking.uri=postgresql://me:secret@db/mlflow"], "tracking.uri: holds a password"),
 ])
 def test_tracking_keys_are_checked(override, needle):
     from hpcrobust.config import config_from_dict

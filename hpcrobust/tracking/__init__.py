@@ -72,8 +72,8 @@ class Tracker:
             return
         try:
             science_hash, records = committed_in_round(ctx.results, rnd)
-            if self.config is None:
-                self.config = ctx.results.stored_config()
+            if self.config is None:  # the file's config, less where the tracker itself lives
+                self.config = {k: v for k, v in ctx.results.stored_config().items() if k != "tracking"}
             for rec in records:
                 info = RunInfo(rec.run, tracker_run_id(science_hash, ctx.results.path, rec.run),
                                f"{self.prefix}/{rec.run}", self.experiment)

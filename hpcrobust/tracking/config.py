@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from hpcrobust.errors import UserError
 from hpcrobust.fields import setting
@@ -26,3 +27,10 @@ class TrackingConfig:
             raise UserError(f"tracking.uri: only for tracking.backend=mlflow (backend is {self.backend})")
         if self.dir and self.backend != "wandb":
             raise UserError(f"tracking.dir: only for tracking.backend=wandb (backend is {self.backend})")
+        try:
+            secret = urlsplit(self.uri).password
+        except ValueError:
+            raise UserError(f"tracking.uri: not a URI: {self.uri!r}") from None
+        if secret:
+            raise UserError("tracking.uri: holds a password, and the config is stored in the results file; give the"
+                            " URI through MLFLOW_TRACKING_URI (and MLFLOW_TRACKING_USERNAME/PASSWORD) instead")
