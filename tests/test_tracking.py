@@ -167,3 +167,15 @@ def test_only_the_writer_rank_logs_and_ids_are_stable(tmp_path):
     assert hooks.callbacks["round_committed"][0] == tracker.round_committed  # runs before any stop
     tracker.round_committed(None, 0, 1)  # not connected (every rank but the writer): nothing happens
     assert tracker.backend is None
+
+
+def test_two_ranks_log_each_round_once(tiny):
+    """Under mpiexec every rank fires the hooks; only world rank 0 logs, and it logs every run of the round."""
+    _need("mlflow")
+    sweep = [a if a != "seeds=[0]" else "seeds=[0, 1]" for a in SWEEP]
+    proc = run_cli(["run", str(tiny), *sweep, "tracking.backend=mlflow", "output=two.h5"], ranks=2, cwd=tiny.parent)
+    assert proc.returncode == 0, proc.stderr
+    client, runs = _mlflow_runs(f"sqlite:///{tiny.parent / 'mlflow.db'}", "tiny")
+    assert sorted(r.data.tags["hpcrobust_run"] for r in runs) == ["xs__seed0", "xs__seed1"]
+    for r in runs:
+        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "clean_accuracy")) == [0, 1]
