@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hpcrobust.analysis import cli as analysis_cli
 
     analysis_cli.add_parser(sub)
+    analysis_cli.add_export_parser(sub)
     return p
 
 
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         from hpcrobust.analysis import cli as analysis_cli
 
-        handler = {"run": _run, "submit": _submit, "sbatch": _sbatch, "analyze": analysis_cli.run}[args.command]
+        handler = {"run": _run, "submit": _submit, "sbatch": _sbatch, "analyze": analysis_cli.run,
+                   "export": analysis_cli.run_export}[args.command]
         return handler(args)
     except UserError as exc:
         print(f"hpcrobust: error: {exc}", file=sys.stderr)

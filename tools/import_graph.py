@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("launch",),
     ("sweep",),
     ("config", "analysis"),
-    ("attacks", "training"),
+    ("attacks", "training", "tracking"),
     ("store", "tasks", "models", "parallel"),
     ("fields", "rng", "log", "errors", "__init__"),
 ]

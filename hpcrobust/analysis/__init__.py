@@ -3,6 +3,7 @@
     res = load(["results.h5"])          # runs, rounds, attacks, asr, transfer DataFrames
     asr_vs_size(res).save(Path("out"))  # one figure: PNG + CSV
     analyze(["results.h5"], "report/")  # everything, with report.md
+    export(["results.h5"], "tables/")   # the tidy tables as Parquet (or CSV) files
 
 Names are imported lazily, so `hpcrobust.analysis.cli` (loaded by every `hpcrobust` command to
 build its parser) does not pull in matplotlib and pandas.
@@ -15,7 +16,7 @@ import importlib
 _WHERE = {
     "load": "loader", "Results": "loader",
     "Figure": "plotting",
-    "analyze": "report", "figures": "report",
+    "analyze": "report", "figures": "report", "export": "tidy",
     "asr_vs_size": "figures_attack", "attack_scaling": "figures_attack", "attack_scaling_slopes": "figures_attack",
     "asr_vs_size_by_round": "figures_attack", "transfer_heatmap": "figures_attack",
     "advtrain_rounds": "figures_defense", "advtrain_defense": "figures_defense",

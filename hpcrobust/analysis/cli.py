@@ -1,7 +1,9 @@
-"""`hpcrobust analyze FILE... --out DIR`: the subcommand, for hpcrobust/cli.py to wire in.
+"""`hpcrobust analyze FILE... --out DIR` and `hpcrobust export FILE... --out DIR`: the subcommands, for
+hpcrobust/cli.py to wire in.
 
-`add_parser(subparsers)` adds the subcommand and `run(args)` executes it. `main(argv)` mirrors
-hpcrobust/cli.py's error handling (user error: one line on stderr, exit 2) for standalone use.
+`add_parser(subparsers)` / `add_export_parser(subparsers)` add them and `run(args)` / `run_export(args)`
+execute them. `main(argv)` mirrors hpcrobust/cli.py's error handling (user error: one line on stderr,
+exit 2) for a standalone `analyze`.
 """
 
 from __future__ import annotations
@@ -51,6 +53,30 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("analyze", help="figures, CSVs and report.md from result files",
                               description=DESCRIPTION)
     return configure(p)
+
+
+EXPORT_DESCRIPTION = ("Write the tidy tables behind the analysis (runs, rounds, attacks, per-iteration ASR, transfer,"
+                      " sweeps) as Parquet or CSV files that pandas, polars or R read directly. Several files are"
+                      " merged with the same rules as `analyze`.")
+
+
+def add_export_parser(subparsers) -> argparse.ArgumentParser:
+    """Add `export` to an argparse subparsers object."""
+    p = subparsers.add_parser("export", help="tidy tables (Parquet or CSV) from result files",
+                              description=EXPORT_DESCRIPTION)
+    p.add_argument("files", nargs="+", metavar="FILE", help="hpcrobust result files (HDF5), merged as by analyze")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the tables (created)")
+    p.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="file format (default: parquet)")
+    return p
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from hpcrobust.analysis.tidy import export
+
+    done = export(args.files, args.out, args.format)
+    rows = ", ".join(f"{fname} ({n} rows)" for fname, n in done.files.values())
+    print(f"wrote {rows} to {done.out}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

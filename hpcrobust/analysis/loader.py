@@ -35,6 +35,11 @@ class Sweep:
     config: dict  # the first file's stored config (all files of a sweep agree on its science)
     run_names: set[str] = field(default_factory=set)
 
+    @property
+    def experiment(self) -> str:
+        """The experiment's name stored with the first file ('' for files written before names existed)."""
+        return str(self.config.get("experiment") or "")
+
 
 @dataclass
 class Results:
@@ -49,6 +54,11 @@ class Results:
     sweeps: list[Sweep]
     attack_info: pd.DataFrame  # per (sweep, attack): type, placement, n_iterations, ensemble
     cache: dict = field(default_factory=dict, repr=False)  # derived tables shared by several figures
+
+    @property
+    def title(self) -> str:
+        """The experiments' names, for report and figure titles ('' when the files carry none)."""
+        return ", ".join(dict.fromkeys(s.experiment for s in self.sweeps if s.experiment))
 
 
 def sweep_science(config: dict) -> dict:
@@ -71,10 +81,16 @@ def flatten(d, prefix: str = "") -> dict[str, str]:
 
 
 def _label_sweeps(sweeps: list[Sweep]) -> None:
-    """One sweep: 'main'. Several: the config keys that tell them apart (e.g. advtrain.attack=rt_train), so the
-    label does not depend on how the files were split; the first file's stem when nothing differs."""
+    """One sweep: 'main'. Several: their experiment names when each has its own, else the config keys that tell
+    them apart (e.g. advtrain.attack=rt_train), so the label does not depend on how the files were split; the
+    first file's stem when nothing differs."""
     if len(sweeps) == 1:
         sweeps[0].label = "main"
+        return
+    names = [s.experiment for s in sweeps]
+    if all(names) and len(set(names)) == len(names):
+        for s in sweeps:
+            s.label = s.experiment
         return
     flat = [flatten(sweep_science(s.config)) for s in sweeps]
     differ = [k for k in sorted(set().union(*flat)) if len({f.get(k) for f in flat}) > 1]

@@ -77,7 +77,8 @@ def _inputs(res: Results) -> list[str]:
     lines = []
     for sw in res.sweeps:
         r = res.runs[res.runs["sweep"] == sw.label]
-        lines.append(f"- sweep `{sw.label}` ({', '.join(f'`{p}`' for p in sw.files)}): {len(r)} runs,"
+        named = f" (experiment `{sw.experiment}`)" if sw.experiment and sw.experiment != sw.label else ""
+        lines.append(f"- sweep `{sw.label}`{named} ({', '.join(f'`{p}`' for p in sw.files)}): {len(r)} runs,"
                      f" sizes {', '.join(f'{lab} ({fmt_params(n)})' for lab, n in r.drop_duplicates('model_label')[['model_label', 'n_params']].itertuples(index=False))},"  # noqa: E501
                      f" seeds {', '.join(map(str, sorted(r['seed'].unique())))},"
                      f" rounds 0..{int(r['n_rounds'].max()) - 1}, trained against `{r['train_attack'].iloc[0]}`")
@@ -93,9 +94,12 @@ def analyze(paths: list[str | Path], out: str | Path, targets: tuple[float, ...]
     res = load(paths)
     out.mkdir(parents=True, exist_ok=True)
     rep = Report(out)
-    md = ["# hpcrobust analysis", "", "Inputs:", *_inputs(res), ""]
+    title = res.title
+    md = [f"# {title}: hpcrobust analysis" if title else "# hpcrobust analysis", "", "Inputs:", *_inputs(res), ""]
     figs = figures(res, tuple(targets), n_boot)
     for fig in figs:
+        if title:
+            fig.fig.suptitle(": ".join(t for t in (title, fig.fig.get_suptitle()) if t))
         names = fig.save(out)
         rep.figures.append(names[0])
         rep.files += names

@@ -61,6 +61,7 @@ class SynthSpec:
     train_attack: str = "gcg_train"
     train_attack_type: str = "gcg"
     task: str = "password_match"
+    experiment: str = ""  # the config's experiment name ('' as in files written before names existed)
     n_examples: int = 200
     pretrain_tokens: float = 1e8  # D of 6·N·D
     defense_flops_per_param: float = 1e6  # nominal defense FLOPs per round per parameter
@@ -80,6 +81,8 @@ def _config(spec: SynthSpec) -> dict:
     data = {"output": "synthetic.h5", "seeds": list(spec.seeds), "task": {"name": spec.task},
             "models": [{"name_or_path": f"synthetic/{s.label}", "label": s.label} for s in spec.sizes],
             "attacks": attacks}
+    if spec.experiment:
+        data["experiment"] = spec.experiment
     if spec.rounds:
         data["train_attacks"] = [{"name": spec.train_attack, "type": spec.train_attack_type}]
         data["advtrain"] = {"rounds": spec.rounds, "attack": spec.train_attack}
@@ -159,7 +162,7 @@ def write_synthetic(path: str | Path, spec: SynthSpec | None = None) -> Path:
     cfg = config_from_dict(_config(spec))
     with h5py.File(path, "w") as f:
         f.attrs.update({"format": FORMAT, "schema_version": SCHEMA_VERSION, "hpcrobust_version": __version__,
-                        "config": to_yaml(cfg), "science_hash": science_hash(cfg)})
+                        "config": to_yaml(cfg), "science_hash": science_hash(cfg), "experiment": cfg.experiment})
         runs = [(s, seed) for s in spec.sizes for seed in spec.seeds]  # model-major, as plan_runs orders them
         for idx, (size, seed) in enumerate(runs):
             key = f"{size.label}__seed{seed}"

@@ -24,12 +24,13 @@ from hpcrobust.models.config import FamilyConfig, ModelConfig, model_label
 from hpcrobust.parallel.config import ParallelConfig
 from hpcrobust.store.identity import science_hash_of
 from hpcrobust.tasks.config import TaskConfig
+from hpcrobust.tracking.config import TrackingConfig
 from hpcrobust.training.config import AdvTrainConfig, FinetuneConfig
 
 __all__ = ["AdvTrainConfig", "AttackConfig", "DebugConfig", "FamilyConfig", "FinetuneConfig", "LaunchConfig",
-           "ModelConfig", "ParallelConfig", "SweepConfig", "TaskConfig", "TrainAttackConfig", "config_from_dict",
-           "describe", "directive_safe", "load_config", "model_label", "science_hash", "slurm_minutes", "to_dict",
-           "to_yaml"]
+           "ModelConfig", "ParallelConfig", "SweepConfig", "TaskConfig", "TrackingConfig", "TrainAttackConfig",
+           "config_from_dict", "describe", "directive_safe", "load_config", "model_label", "science_hash",
+           "slurm_minutes", "to_dict", "to_yaml"]
 
 
 @dataclass
@@ -46,6 +47,8 @@ class DebugConfig:
 
 @dataclass
 class SweepConfig:
+    experiment: str = setting("", doc="the experiment's name: stored in the results file, names tracker runs, titles"
+                              " `analyze`'s report and figures, SLURM job name (default: the config file's name)")
     output: str = setting("results.h5", doc="results file (HDF5); checkpoints go to <output>.ckpt/")
     seeds: list[int] = setting(factory=lambda: [0], doc="one run per (model, seed)")
     task: TaskConfig = setting(factory=TaskConfig)
@@ -57,6 +60,7 @@ class SweepConfig:
     advtrain: AdvTrainConfig = setting(factory=AdvTrainConfig)
     parallel: ParallelConfig = setting(factory=ParallelConfig)
     launch: LaunchConfig = setting(factory=LaunchConfig)
+    tracking: TrackingConfig = setting(factory=TrackingConfig)
     debug: DebugConfig = setting(factory=DebugConfig)
 
     def train_attack(self) -> TrainAttackConfig:
@@ -77,6 +81,9 @@ def _validate(cfg: SweepConfig) -> None:
     cfg.finetune.validate()
     if not cfg.output:
         raise UserError("output: empty path")
+    if len(cfg.experiment) > 128 or any(not ch.isprintable() for ch in cfg.experiment):
+        raise UserError("experiment: a name of at most 128 printable characters on one line")
+    cfg.tracking.validate()
     labels = [model_label(m) for m in cfg.models]
     if len(set(labels)) != len(labels):
         raise UserError("models: two models have the same label; set models.N.label")
@@ -163,6 +170,8 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise UserError(f"{path}: the config is empty; start from configs/quickstart.yaml")
     if not isinstance(data, dict):
         raise UserError(f"{path}: the top level must be a mapping")
+    if not data.get("experiment"):  # the default name: the config file's, before overrides can set one
+        data["experiment"] = path.stem
     return config_from_dict(data, overrides, source=str(path))
 
 

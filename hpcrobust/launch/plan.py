@@ -107,7 +107,8 @@ def log_root(folder: str) -> Path:
     return Path(*keep).absolute() if keep else Path.cwd()
 
 
-def job_name(config: str | Path) -> str:
-    """A job name SLURM and shells take without quoting: the config's stem, other characters replaced."""
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(config).stem)[:40] or "sweep"
+def job_name(config: str | Path, experiment: str = "") -> str:
+    """A job name SLURM and shells take without quoting: the experiment's name (else the config's stem),
+    other characters replaced."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", experiment or Path(config).stem)[:40] or "sweep"
     return f"hpcrobust-{stem}"

@@ -91,7 +91,7 @@ def template_values(config: Path, cfg: SweepConfig, overrides: list[str], workdi
     mem = f"{int(launch.mem_gb)}G" if launch.mem_gb == int(launch.mem_gb) else f"{int(launch.mem_gb * 1024)}M"
     logs = log_root(launch.folder)
     return {
-        "job_name": job_name(config), "nodes": launch.nodes, "tasks_per_node": launch.tasks_per_node,
+        "job_name": job_name(config, cfg.experiment), "nodes": launch.nodes, "tasks_per_node": launch.tasks_per_node,
         "cpus_per_task": launch.cpus_per_task, "mem": mem, "time": launch.minutes(),
         "signal_delay_s": launch.slurm_signal_delay_s,
         "log_file": str(logs / ("%x-%A_%a.out" if array else "%x-%j.out")),

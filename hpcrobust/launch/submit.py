@@ -86,7 +86,7 @@ def make_plan(config: str, overrides: list[str], cluster: str, dry_run: bool = F
         raise UserError(f"{config}: --cluster {cluster} runs one rank (submitit starts local tasks without MPI);"
                         f" add launch.nodes=1 launch.tasks_per_node=1, or use `mpiexec -n K hpcrobust run`")
     tasks = plan_tasks(cfg, overrides)
-    _check_tasks(config, task_configs(config, tasks))
+    _check_tasks(config, task_configs(config, tasks))  # the tracker's extra too: the job runs in this environment
     folder = Path(launch.folder).expanduser().absolute()
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
     freeze_dir = log_root(launch.folder) / "submissions" / stamp
@@ -95,7 +95,7 @@ def make_plan(config: str, overrides: list[str], cluster: str, dry_run: bool = F
         if launch.freeze_code:
             code = shlex.quote(str(freeze_dir / "code"))
             setup.append(f"export PYTHONPATH={code}${{PYTHONPATH:+:$PYTHONPATH}}")
-        params = slurm_parameters(launch, job_name(config), setup)
+        params = slurm_parameters(launch, job_name(config, cfg.experiment), setup)
     elif cluster == "local":
         params = {"timeout_min": launch.minutes(), "tasks_per_node": 1, "gpus_per_node": launch.gpus_per_node,
                   "signal_delay_s": launch.slurm_signal_delay_s}

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-NOT_SCIENCE = ("output", "launch", "debug")  # where results go and how the job is run
+NOT_SCIENCE = ("output", "launch", "debug", "experiment", "tracking")  # names, where results go, how the job runs
 NOT_SCIENCE_KEYS = {"family": ("cache_dir",)}  # where the built-in family is kept (its recipe is science)
 NOT_SWEEP = NOT_SCIENCE + ("seeds", "models")  # a sweep may be split by seed or size across files
 SCIENCE_PARALLEL = ("score_chunk", "device")  # of parallel.*, only these can change a number
@@ -28,12 +28,24 @@ LEGACY_ATTACK_DEFAULTS: dict[str, Any] = {
 }
 
 
+# Task keys added after v1 files existed (where a file task's data comes from, its column names). They decide the
+# data, so they are science; at these defaults they are dropped, so a config that does not use them keeps the
+# identity it had before they existed.
+TASK_SOURCE_DEFAULTS: dict[str, str] = {
+    "dataset": "", "revision": "", "text_column": "text", "label_column": "label", "split_column": "split",
+    "train_split": "train", "val_split": "validation",
+}
+
+
 def science(config: dict, drop: tuple[str, ...] = NOT_SCIENCE) -> dict:
-    """The stored config minus `drop`, with parallel.* reduced and attack entries in their full form."""
+    """The stored config minus `drop`, with parallel.* reduced, attack entries in their full form and task
+    source keys at their defaults left out."""
     d = {k: v for k, v in config.items() if k not in drop}
     for section, keys in NOT_SCIENCE_KEYS.items():
         if isinstance(d.get(section), dict):
             d[section] = {k: v for k, v in d[section].items() if k not in keys}
+    if isinstance(d.get("task"), dict):
+        d["task"] = {k: v for k, v in d["task"].items() if TASK_SOURCE_DEFAULTS.get(k, object()) != v}
     par = d.get("parallel") or {}
     d["parallel"] = {k: par.get(k) for k in SCIENCE_PARALLEL}
     for group in ("attacks", "train_attacks"):

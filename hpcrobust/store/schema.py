@@ -1,7 +1,7 @@
 """The HDF5 results layout, in one place (invariant 4). Bump SCHEMA_VERSION when it changes.
 
     /                                   attrs: format, schema_version, hpcrobust_version,
-                                               config (resolved YAML), science_hash, inputs
+                                               config (resolved YAML), science_hash, inputs, experiment
     /runs/<run>/                        attrs: model, model_label, seed, task, run_index
     /runs/<run>/rounds/<RRRR>/          attrs: round, committed (1 once every dataset is written)
         scalars (0-d datasets)          clean_accuracy, train_loss, flops_nominal, flops_actual,

@@ -23,6 +23,7 @@ from hpcrobust.sweep import checkpoint, debug
 from hpcrobust.sweep.inputs import input_digests
 from hpcrobust.sweep.plan import SweepPlan
 from hpcrobust.tasks import TaskData, load_task
+from hpcrobust.tracking import check as check_tracking
 
 
 def vocab_sizes(cfg: SweepConfig) -> list[int]:
@@ -56,7 +57,8 @@ def _counts(cfg: SweepConfig, task: TaskData) -> None:
 
 
 def before_work(cfg: SweepConfig) -> tuple[ResultsFile, TaskData]:
-    """Models, task, attacks and the output's place; returns the results file and the task's examples."""
+    """Models, task, attacks, the output's place and the tracker; returns the results file and the task's
+    examples."""
     for m in cfg.models:
         resolve(m, cfg.family)
     vocabs = vocab_sizes(cfg)
@@ -69,6 +71,7 @@ def before_work(cfg: SweepConfig) -> tuple[ResultsFile, TaskData]:
         a.plugin.check(a, key, env)
     results = ResultsFile(cfg.output)
     results.check_place()
+    check_tracking(cfg.tracking)
     return results, task
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 from hpcrobust import log as logmod
 from hpcrobust.config import SweepConfig, load_config
@@ -23,6 +24,7 @@ from hpcrobust.sweep.checks import Prepared
 from hpcrobust.sweep.context import SweepContext
 from hpcrobust.sweep.driver import drive
 from hpcrobust.sweep.hooks import Hooks
+from hpcrobust.tracking import attach as attach_tracker
 
 
 def run_command(config: str, overrides: list[str], quiet: bool = False, hooks: Hooks | None = None) -> int:
@@ -48,12 +50,16 @@ def run_config(cfg: SweepConfig, quiet: bool = False, source: str = "config", ho
     debug.attach(hooks, cfg.debug)
     layout = agree(w, lambda: _named(source, lambda: make_layout(cfg.parallel)))
     ready = checks.prepare(cfg, w, source, quiet)
+    tracker = attach_tracker(hooks, cfg.tracking, cfg.experiment or Path(source).stem, ready.results.path)
+    agree(w, lambda: _named(source, lambda: tracker.connect() if tracker is not None and w.rank == 0 else None))
     agree(w, lambda: ready.results.acquire() if w.rank == 0 else None)
     try:
         if w.rank == 0:
             ready.results.clean_stale()
         return _guarded(layout.world, lambda: _work(cfg, layout, ready, hooks))
     finally:
+        if tracker is not None:
+            tracker.close()  # after sweep_finished a no-op; after a stop or an error it ends the tracker runs
         ready.results.release()
 
 

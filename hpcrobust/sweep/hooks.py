@@ -12,7 +12,9 @@ callback may itself take part in a collective, or raise to stop every rank toget
     round_committed(ctx, rnd, n)    round `rnd` (n records) is in the file
     sweep_finished(ctx)             every round of every run is committed
 
-The SLURM safe stop (launch/safestop.py) and the test switches (sweep/debug.py) attach here.
+The SLURM safe stop (launch/safestop.py), the test switches (sweep/debug.py) and the experiment
+trackers (tracking/) attach here. Callbacks run in the order they were attached; an observer that must see
+every commit even when a later callback stops the sweep (a tracker) attaches with `first=True`.
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ EVENTS = ("sweep_started", "round_started", "runs_done", "commit_step", "round_c
 class Hooks:
     callbacks: dict[str, list[Callable[..., Any]]] = field(default_factory=lambda: {e: [] for e in EVENTS})
 
-    def on(self, event: str, fn: Callable[..., Any]) -> None:
+    def on(self, event: str, fn: Callable[..., Any], first: bool = False) -> None:
         if event not in self.callbacks:
             raise ValueError(f"unknown sweep event '{event}' (events: {', '.join(EVENTS)})")
-        self.callbacks[event].append(fn)
+        if first:
+            self.callbacks[event].insert(0, fn)
+        else:
+            self.callbacks[event].append(fn)
 
     def fire(self, event: str, *args: Any) -> None:
         for fn in self.callbacks[event]:

@@ -67,4 +67,5 @@ class SweepPlan:
     def header(self) -> dict:
         """The results file's root attributes."""
         return {"format": FORMAT, "schema_version": SCHEMA_VERSION, "hpcrobust_version": __version__,
-                "config": to_yaml(self.cfg), "science_hash": self.identity, "inputs": self.inputs}
+                "config": to_yaml(self.cfg), "science_hash": self.identity, "inputs": self.inputs,
+                "experiment": self.cfg.experiment}
