@@ -74,31 +74,35 @@ def hub(tmp_path, monkeypatch) -> Path:
     return cache
 
 
+SIZES = {"n_train": 12, "n_val": 4}  # every split of the test datasets (a task never takes fewer than it asks for)
+
+
 def test_dataset_id_from_the_hub_cache_at_a_revision(hub):
-    d = load_task(TaskConfig(name="spam", dataset="acme/tiny-spam", **COLS, n_train=100, n_val=100))
+    d = load_task(TaskConfig(name="spam", dataset="acme/tiny-spam", **COLS, n_train=12, n_val=4))
     assert [e.content for e in d.train] == [f"mail {i}" for i in range(12)]
     assert [e.content for e in d.val] == [f"mail-val {i}" for i in range(4)]
     assert [e.label for e in d.train] == [i % 2 for i in range(12)] and d.label_words == (" HAM", " SPAM")
-    tagged = load_task(TaskConfig(name="spam", dataset="acme/tiny-spam", revision="v2", **COLS))
+    tagged = load_task(TaskConfig(name="spam", dataset="acme/tiny-spam", revision="v2", **COLS, **SIZES))
     assert tagged.train[0].content == "v2 0"
-    by_commit = load_task(TaskConfig(name="spam", dataset="acme/tiny-spam", revision="b" * 40, **COLS))
+    by_commit = load_task(TaskConfig(name="spam", dataset="acme/tiny-spam", revision="b" * 40, **COLS,
+                                       **SIZES))
     assert [e.content for e in by_commit.val] == [e.content for e in tagged.val]
 
 
 def test_save_to_disk_folder_parquet_and_arrow(tmp_path):
     dd = _dataset_dict()
     dd.save_to_disk(tmp_path / "dict")
-    d = load_task(TaskConfig(name="imdb", path=str(tmp_path / "dict"), **COLS))
+    d = load_task(TaskConfig(name="imdb", path=str(tmp_path / "dict"), **COLS, **SIZES))
     assert len(d.train) == 12 and len(d.val) == 4 and d.val[0].content == "mail-val 0"
     # one table with a split column, saved both ways (save_to_disk folder of a Dataset, and Parquet)
     one = datasets.concatenate_datasets([_table("a", 10, "train"), _table("b", 3, "validation")])
     one.save_to_disk(tmp_path / "one")
     one.to_parquet(tmp_path / "one.parquet")
     for path in (tmp_path / "one", tmp_path / "one.parquet", next((tmp_path / "one").glob("*.arrow"))):
-        d = load_task(TaskConfig(name="spam", path=str(path), split_column="part", **COLS))
+        d = load_task(TaskConfig(name="spam", path=str(path), split_column="part", **COLS, n_train=10, n_val=3))
         assert [e.content for e in d.val] == ["b 0", "b 1", "b 2"] and len(d.train) == 10, path
     feather.write_feather(pa.table({"text": ["x", "y", "z", "w"], "label": [0, 1, 0, 1]}), tmp_path / "f.arrow")
-    d = load_task(TaskConfig(name="spam", path=str(tmp_path / "f.arrow"), n_val=1))  # Arrow IPC file, shuffled
+    d = load_task(TaskConfig(name="spam", path=str(tmp_path / "f.arrow"), n_train=3, n_val=1))  # Arrow IPC, shuffled
     assert len(d.train) == 3 and len(d.val) == 1
 
 

@@ -20,7 +20,7 @@ def _files(folder: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("rank", [0, 1])
-@pytest.mark.parametrize("where", ["checks", "round", "mid_round"])
+@pytest.mark.parametrize("where", ["checks", "mid_round"])  # at a round's start: tests/test_sharing.py
 def test_an_error_on_one_rank_ends_every_rank_with_one_message(tiny, rank, where):
     before = _files(tiny.parent)
     t0 = time.monotonic()
