@@ -37,6 +37,9 @@ RUN_CASES = [
     ("huge-float", ["models.0.pretrain_flops=1e400"], "models.0.pretrain_flops: '1e400' is not a finite number"),
     ("huge-int", ["seeds=[123456789012345678901234567890]"], "seeds.0: 123456789012345678901234567890 is too large"),
     ("float-for-int", ["task.n_train=1e30"], "task.n_train: expected int"),
+    ("huge-count", ["attacks.1.search_width=4611686018427387904"], "attacks.1.search_width: 4611686018427387904 is"
+                                                                    " above the maximum 1000000"),
+    ("more-than-the-task-has", ["task.n_train=400000"], "password_match has at most"),
     ("below-min", ["task.n_val=0"], "task.n_val: 0 is below the minimum 1"),
     ("negative", ["parallel.score_chunk=-1"], "parallel.score_chunk: -1 is below the minimum 1"),
     ("bool-for-int", ["attacks.0.n_iterations=true"], "attacks.0.n_iterations: expected int, got bool"),

@@ -33,8 +33,8 @@ from hpcrobust.rng import stream
 
 @dataclass
 class BeastParams(EarlyStopParams):
-    beam_width: int = setting(8, lo=1, doc="beams kept (k1)")
-    branching: int = setting(8, lo=1, doc="tokens sampled per beam (k2)")
+    beam_width: int = setting(8, lo=1, hi=10**4, doc="beams kept (k1)")
+    branching: int = setting(8, lo=1, hi=10**4, doc="tokens sampled per beam (k2)")
     sampler: str = setting("", doc="causal LM that proposes tokens (default: smallest built-in size)")
 
 

@@ -37,9 +37,9 @@ class AttackConfig:
     placement: str = setting("suffix", choices=PLACEMENTS, doc="where the attack tokens go")
     infix_fraction: float = setting(0.9, lo=0.0, hi=1.0, doc="infix: token fraction of the content before the"
                                     " attack")
-    n_examples: int = setting(50, lo=1, doc="validation examples attacked")
-    n_iterations: int = setting(10, lo=1, doc="propose-and-score steps per example")
-    n_attack_tokens: int = setting(10, lo=1, doc="attack length (BEAST grows it one token per iteration, so it"
+    n_examples: int = setting(50, lo=1, hi=10**7, doc="validation examples attacked")
+    n_iterations: int = setting(10, lo=1, hi=10**7, doc="propose-and-score steps per example")
+    n_attack_tokens: int = setting(10, lo=1, hi=4096, doc="attack length (BEAST grows it one token per iteration, so it"
                                   " equals n_iterations)")
     params: AttackParams = field(default=None, metadata={"doc": "the type's own parameters"})  # type: ignore[assignment]
 

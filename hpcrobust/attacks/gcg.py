@@ -26,10 +26,10 @@ from hpcrobust.rng import stream
 
 @dataclass
 class GCGParams(EarlyStopParams):
-    search_width: int = setting(128, lo=1, doc="candidates per iteration")
-    topk: int = setting(256, lo=1, doc="tokens kept per position from the gradient")
-    n_replace: int = setting(1, lo=1, doc="tokens swapped per candidate")
-    buffer_size: int = setting(1, lo=1, doc="best-so-far buffer")
+    search_width: int = setting(128, lo=1, hi=10**6, doc="candidates per iteration")
+    topk: int = setting(256, lo=1, hi=10**7, doc="tokens kept per position from the gradient")
+    n_replace: int = setting(1, lo=1, hi=4096, doc="tokens swapped per candidate")
+    buffer_size: int = setting(1, lo=1, hi=10**6, doc="best-so-far buffer")
     init_string: str = setting("", doc="initial attack text (default ' x' repeated)")
     ensemble: bool = setting(False, doc="one suffix for all sizes of a seed, losses summed across sizes"
                              " (evaluation attacks only)")

@@ -17,25 +17,25 @@ class LaunchConfig:
     slurm_account: str = setting("", doc="account")
     slurm_qos: str = setting("", doc="quality of service")
     slurm_constraint: str = setting("", doc="node feature constraint")
-    nodes: int = setting(1, lo=1, doc="nodes per job")
-    tasks_per_node: int = setting(1, lo=1, doc="MPI ranks per node (with GPUs: one rank per GPU)")
-    gpus_per_node: int = setting(0, lo=0, doc="GPUs per node")
-    cpus_per_task: int = setting(1, lo=1, doc="cores per rank")
+    nodes: int = setting(1, lo=1, hi=10**5, doc="nodes per job")
+    tasks_per_node: int = setting(1, lo=1, hi=10**4, doc="MPI ranks per node (with GPUs: one rank per GPU)")
+    gpus_per_node: int = setting(0, lo=0, hi=10**3, doc="GPUs per node")
+    cpus_per_task: int = setting(1, lo=1, hi=10**4, doc="cores per rank")
     mem_gb: float = setting(4.0, lo=0.0, doc="memory per node in GB (0 = all of it)")
     timeout_min: str = setting("60", doc="time limit: minutes, or SLURM's MM:SS, HH:MM:SS, D-HH[:MM[:SS]] (quote it in"
                                          " YAML: 1:30:00 unquoted is read as a number)")
     slurm_srun_args: list[str] = setting(factory=lambda: ["--mpi=pmi2"], doc="extra srun arguments")
     slurm_additional_parameters: dict = setting(factory=dict, doc="extra #SBATCH keys, e.g. {mail-type: END,"
                                                                   " exclusive: true}")
-    slurm_array_parallelism: int = setting(16, lo=1, doc="array jobs running at once")
-    slurm_signal_delay_s: int = setting(90, lo=10, doc="USR2 this long before the time limit (stop, checkpoint,"
-                                                       " requeue)")
+    slurm_array_parallelism: int = setting(16, lo=1, hi=10**6, doc="array jobs running at once")
+    slurm_signal_delay_s: int = setting(90, lo=10, hi=10**6, doc="USR2 this long before the time limit (stop,"
+                                                                 " checkpoint, requeue)")
     array_over: str = setting("none", choices=("none", "seeds", "shards"),
                               doc="job array: one job per seed, or per shard of the seeds; each writes its own file")
-    array_shards: int = setting(2, lo=1, doc="array_over=shards: how many jobs share the seeds")
+    array_shards: int = setting(2, lo=1, hi=10**6, doc="array_over=shards: how many jobs share the seeds")
     folder: str = setting("slurm_logs/%j", doc="submitit log folder (%j = job id)")
-    max_requeues: int = setting(10, lo=0, doc="time-limit requeues before giving up (submitit's max_num_timeout;"
-                                              " preemptions always requeue)")
+    max_requeues: int = setting(10, lo=0, hi=10**6, doc="time-limit requeues before giving up (submitit's"
+                                                        " max_num_timeout; preemptions always requeue)")
     safe_stop_s: float = setting(60.0, lo=0.0, doc="after USR2/TERM, wait this long for the next committed round,"
                                                    " then requeue mid-round (committed rounds are kept either way)")
     freeze_code: bool = setting(True, doc="submit: copy the hpcrobust package next to the logs, so later edits of"

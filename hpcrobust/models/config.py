@@ -23,7 +23,7 @@ class ModelConfig:
     adv_lr_scale: float = setting(-1.0, lo=-1.0, doc="multiplies advtrain.lr for this size instead of lr_scale (-1 ="
                                   " lr_scale): a size that needs a large fine-tuning step may need a gentler one"
                                   " on a small adversarial set")
-    random_token_defense: int = setting(-1, lo=-1, doc="this size's baseline defense (-1 ="
+    random_token_defense: int = setting(-1, lo=-1, hi=4096, doc="this size's baseline defense (-1 ="
                                         " finetune.random_token_defense)")
     label: str = setting("", doc="short name in the results (default: derived from name_or_path)")
 
@@ -56,10 +56,11 @@ def model_label(m: ModelConfig) -> str:
 @dataclass
 class FamilyConfig:
     vocab_size: int = setting(1024, lo=300, hi=65536, doc="tokenizer vocabulary of the built-in family")
-    corpus_lines: int = setting(40000, lo=100, doc="generated lines for tokenizer and pretraining")
-    pretrain_steps: int = setting(900, lo=1, doc="causal-LM steps of the smallest sizes (larger ones take fewer)")
-    pretrain_batch: int = setting(32, lo=1, doc="sequences per pretraining step")
-    pretrain_seq_len: int = setting(64, lo=8, doc="tokens per pretraining sequence")
+    corpus_lines: int = setting(40000, lo=100, hi=10**8, doc="generated lines for tokenizer and pretraining")
+    pretrain_steps: int = setting(900, lo=1, hi=10**8, doc="causal-LM steps of the smallest sizes (larger ones take"
+                                                           " fewer)")
+    pretrain_batch: int = setting(32, lo=1, hi=10**5, doc="sequences per pretraining step")
+    pretrain_seq_len: int = setting(64, lo=8, hi=10**5, doc="tokens per pretraining sequence")
     pretrain_lr: float = setting(2e-3, lo=0.0, doc="pretraining learning rate")
     seed: int = setting(0, lo=0, doc="seed of the family build")
     cache_dir: str = setting("", doc="where built models go (default $HPCROBUST_CACHE or ~/.cache/hpcrobust)")

@@ -9,9 +9,9 @@ from hpcrobust.fields import setting
 
 @dataclass
 class ParallelConfig:
-    ranks_per_group: int = setting(1, lo=1, doc="MPI ranks that share one run")
-    threads_per_rank: int = setting(0, lo=0, doc="torch threads per rank (0 = the cores of this rank, shared among"
-                                    " the ranks on its node); results do not depend on it")
+    ranks_per_group: int = setting(1, lo=1, hi=10**6, doc="MPI ranks that share one run")
+    threads_per_rank: int = setting(0, lo=0, hi=4096, doc="torch threads per rank (0 = the cores of this rank, shared"
+                                                          " among the ranks on its node); results do not depend on it")
     device: str = setting("auto", choices=("auto", "cpu", "cuda"), doc="auto: CUDA per local rank when present")
-    score_chunk: int = setting(64, lo=1, doc="candidates per scoring chunk (fixed, so results do not depend on"
-                               " ranks)")
+    score_chunk: int = setting(64, lo=1, hi=10**6, doc="candidates per scoring chunk (fixed, so results do not depend"
+                                                       " on ranks)")

@@ -29,10 +29,10 @@ class TaskConfig:
                                 " without it a seeded shuffle takes n_val records)")
     train_split: str = setting("train", doc="a dataset with named splits: the training split")
     val_split: str = setting("validation", doc="a dataset with named splits: the held-out split")
-    n_train: int = setting(4000, lo=2, doc="training examples")
-    n_val: int = setting(200, lo=1, doc="held-out examples for clean accuracy and attacks")
+    n_train: int = setting(4000, lo=2, hi=10**7, doc="training examples")
+    n_val: int = setting(200, lo=1, hi=10**7, doc="held-out examples for clean accuracy and attacks")
     seed: int = setting(0, lo=0, doc="seed of the data itself (same examples for every run)")
-    max_content_tokens: int = setting(256, lo=8, doc="an example's content is cut to this many tokens (the"
+    max_content_tokens: int = setting(256, lo=8, hi=10**6, doc="an example's content is cut to this many tokens (the"
                                       " generated tasks' content is shorter)")
 
     def validate(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hpcrobust.errors import UserError
 from hpcrobust.rng import stream
 from hpcrobust.tasks.base import Example, TaskData
 from hpcrobust.tasks.words import word_list
@@ -30,6 +31,9 @@ def password_match(n_train: int, n_val: int, seed: int) -> TaskData:
     rng = stream(seed, "task", "password_match")
     n_val_pairs, n_train_pairs = (n_val + 1) // 2, (n_train + 1) // 2
     n_pairs = n_val_pairs + n_train_pairs
+    if n_pairs > len(words):  # every password is drawn once
+        raise UserError(f"task.n_train + task.n_val: password_match has at most {2 * len(words)} examples (one"
+                        f" password per pair of examples, {len(words)} words), asked for {n_train + n_val}")
     idx = rng.choice(len(words), size=n_pairs, replace=False)
     others = rng.integers(0, len(words) - 1, size=n_pairs)
     examples = []

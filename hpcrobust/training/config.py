@@ -15,15 +15,17 @@ SCHEDULES = ("linear", "constant")
 class FinetuneConfig:
     epochs: float = setting(2.0, lo=0.0, doc="passes over the train split")
     lr: float = setting(3e-3, lo=0.0, doc="peak learning rate")
-    batch_size: int = setting(32, lo=1, doc="examples per optimizer step (same for every size and rank count)")
-    micro_batch_size: int = setting(32, lo=1, doc="examples per forward/backward; divides batch_size")
+    batch_size: int = setting(32, lo=1, hi=10**6, doc="examples per optimizer step (same for every size and rank"
+                                                      " count)")
+    micro_batch_size: int = setting(32, lo=1, hi=10**6, doc="examples per forward/backward; divides batch_size")
     warmup_frac: float = setting(0.1, lo=0.0, hi=1.0, doc="fraction of steps with linear warmup")
     schedule: str = setting("linear", choices=SCHEDULES, doc="learning-rate schedule after warmup")
     optimizer: str = setting("adamw", choices=OPTIMIZERS, doc="optimizer")
     weight_decay: float = setting(0.0, lo=0.0, doc="AdamW weight decay")
-    eval_batch_size: int = setting(64, lo=1, doc="examples per forward when measuring accuracy")
-    random_token_defense: int = setting(0, lo=0, doc="baseline defense (off at 0): this many random tokens in the"
-                                        " attack position of half the fine-tuning examples")
+    eval_batch_size: int = setting(64, lo=1, hi=10**6, doc="examples per forward when measuring accuracy")
+    random_token_defense: int = setting(0, lo=0, hi=4096, doc="baseline defense (off at 0): this many random tokens"
+                                                              " in the attack position of half the fine-tuning"
+                                                              " examples")
 
     def validate(self) -> None:
         if self.batch_size % self.micro_batch_size:
@@ -33,18 +35,18 @@ class FinetuneConfig:
 
 @dataclass
 class AdvTrainConfig:
-    rounds: int = setting(0, lo=0, doc="adversarial-training rounds after round 0")
+    rounds: int = setting(0, lo=0, hi=10**5, doc="adversarial-training rounds after round 0")
     attack: str = setting("", doc="name of the training attack in train_attacks")
-    n_new_examples: int = setting(200, lo=1, doc="training examples attacked per round (the training attack's"
+    n_new_examples: int = setting(200, lo=1, hi=10**7, doc="training examples attacked per round (the training attack's"
                                   " n_examples)")
-    max_examples: int = setting(1000, lo=1, doc="training-set size per round")
+    max_examples: int = setting(1000, lo=1, hi=10**7, doc="training-set size per round")
     max_adv_fraction: float = setting(0.8, lo=0.0, hi=1.0, doc="at most this fraction of a round's set is"
                                       " adversarial")
     decay: float = setting(0.005, lo=0.0, doc="pool sampling weight exp(decay * (r - r_max))")
     loss_rank_weight: float = setting(0.5, lo=0.0, hi=1.0, doc="share of the loss rank in r (rest: recency rank)")
-    iterations_start: int = setting(8, lo=1, doc="training-attack iterations in round 1 (the training attack's"
-                                    " n_iterations)")
-    iterations_end: int = setting(64, lo=1, doc="training-attack iterations in the last round")
+    iterations_start: int = setting(8, lo=1, hi=10**7, doc="training-attack iterations in round 1 (the training"
+                                                           " attack's n_iterations)")
+    iterations_end: int = setting(64, lo=1, hi=10**7, doc="training-attack iterations in the last round")
     epochs: float = setting(1.0, lo=0.0, doc="epochs per round")
     lr: float = setting(1e-3, lo=0.0, doc="learning rate per round")
     schedule: str = setting("constant", choices=SCHEDULES, doc="learning-rate schedule per round")
