@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from hpcrobust.attacks.base import CheckEnv
 from hpcrobust.attacks.beast import sampler_model
 from hpcrobust.config import SweepConfig
 from hpcrobust.errors import UserError
@@ -34,9 +35,23 @@ IO_BYTES_PER_S = 1e9  # loading and saving a round's checkpoint, when no calibra
 
 @dataclass
 class Options:
-    accuracy: float = 1.0  # share of validation examples classified correctly (only those are attacked)
+    accuracy: float | None = None  # share of validation examples classified correctly (only those are attacked);
+    # None: the calibration file's share for a size it holds, else 1 (an upper bound)
     utilisation: float = DEFAULT_UTILISATION
     calibration: Calibration | None = None
+
+
+def accuracy_for(m: ModelArch, opts: Options) -> tuple[float, str]:
+    """(share of attacked examples classified correctly, where that share comes from)."""
+    if opts.accuracy is not None:
+        return opts.accuracy, f"evaluation attacks assume {opts.accuracy:g} of their examples are classified" \
+            " correctly (--accuracy)"
+    cal = opts.calibration
+    if cal is not None and m.n_params in cal.accuracy:
+        return cal.accuracy[m.n_params], f"evaluation attacks assume each size's share of correctly classified" \
+            f" examples measured in {cal.source} (only those are attacked; --accuracy A to override)"
+    return 1.0, "evaluation attacks assume every example is classified correctly (an upper bound: only correct ones" \
+        " are attacked; --accuracy A)"
 
 
 def rounds_per_model(cfg: SweepConfig, archs: list[ModelArch]) -> list[int]:
@@ -79,13 +94,32 @@ class Timer:
         return overhead + sum(self.phase(p, m) for p in rp_phases)
 
 
+def preflight(cfg: SweepConfig, archs: list[ModelArch]) -> None:
+    """`run`'s checks that need no weights and no tokenizer: every attack plug-in's own (sweep/checks.py)."""
+    env = CheckEnv(cfg.models, [a.path for a in archs], [a.vocab for a in archs], cfg.family)
+    for group in ("attacks", "train_attacks"):
+        for i, a in enumerate(getattr(cfg, group)):
+            a.plugin.check(a, f"{group}.{i} ({a.name})", env)
+
+
 def plan_sweep(cfg: SweepConfig, overrides: list[str], opts: Options, device: Device, device_how: str,
                source: str) -> Plan:
+    """The whole plan; a user error names `source`, as `run`'s do."""
+    try:
+        return _plan_sweep(cfg, overrides, opts, device, device_how, source)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
+
+
+def _plan_sweep(cfg: SweepConfig, overrides: list[str], opts: Options, device: Device, device_how: str,
+                source: str) -> Plan:
     t0 = time.time()
-    task = load_task(cfg.task)
     archs = [model_arch(m, cfg.family) for m in cfg.models]
+    task = load_task(cfg.task)
+    preflight(cfg, archs)
     n_rounds = rounds_per_model(cfg, archs)
-    costs = CostModel(cfg, opts.accuracy)
+    accuracy = {a.label: accuracy_for(a, opts) for a in archs}
+    costs = CostModel(cfg, {k: v[0] for k, v in accuracy.items()})
     timer = Timer(device, opts, cfg)
     runs = plan_runs(cfg)
     active = [sum(1 for r in runs if n_rounds[r.model_index] >= k) for k in range(max(n_rounds) + 1)]
@@ -119,13 +153,16 @@ def plan_sweep(cfg: SweepConfig, overrides: list[str], opts: Options, device: De
             attacks={a.name: first.rounds[0].phase(f"attack {a.name}").flops.nominal for a in cfg.attacks},
             advtrain=advs, other=other, nominal=nominal, actual=actual, memory=mem, fits=fits,
             round_s=run_round_s[slow.run.key], run_s=sum(run_round_s[slow.run.key]),
-            utilisation={k: u for (lab, k), u in timer.used.items() if lab == archs[mi].label}))
-    jobs = plan_jobs(cfg, overrides, n_rounds, run_round_s, device)
+            utilisation={k: u for (lab, k), u in timer.used.items() if lab == archs[mi].label},
+            accuracy=accuracy[archs[mi].label][0]))
+    startup = opts.calibration.startup_s if opts.calibration else 0.0
+    jobs = plan_jobs(cfg, overrides, n_rounds, run_round_s, device, startup)
     how = (f"calibrated from {opts.calibration.source}" if opts.calibration else
            f"{opts.utilisation:g} of peak for every kind of work (default; --utilisation U, or --calibrate FILE)")
     if timer.missing:
         how += f"; {', '.join(sorted(timer.missing))}: not in that file, {opts.utilisation:g} used"
-    plan = Plan(source, device, device_how, how, opts.accuracy,
+    sources = sorted({v[1] for v in accuracy.values()})
+    plan = Plan(source, device, device_how, how, "; ".join(sources),
                 [f"{archs[mi].label}: {t.source}" for mi, t in tokens.items()],
                 sizes, jobs, cfg.launch.minutes() * 60.0, cfg.launch.max_requeues)
     plan.warnings, plan.notes = warnings_for(cfg, plan, run_plans)
@@ -134,7 +171,7 @@ def plan_sweep(cfg: SweepConfig, overrides: list[str], opts: Options, device: De
 
 
 def plan_jobs(cfg: SweepConfig, overrides: list[str], n_rounds: list[int], run_round_s: dict[str, list[float]],
-              device: Device) -> list[JobPlan]:
+              device: Device, startup_s: float = 0.0) -> list[JobPlan]:
     launch, g = cfg.launch, cfg.parallel.ranks_per_group
     ranks = launch.nodes * launch.tasks_per_node
     if ranks % g:
@@ -154,6 +191,7 @@ def plan_jobs(cfg: SweepConfig, overrides: list[str], n_rounds: list[int], run_r
         for k in range(last + 1):
             loads = [sum(run_round_s[r.key][k] for r in grp if k <= n_rounds[r.model_index]) for grp in by_group]
             round_s.append(max(loads))
+        round_s[0] += startup_s  # the process's start-up, measured by calibration
         wall = sum(round_s)
         busy = sum(sum(run_round_s[r.key]) for r in runs) * g
         per = gpus if device.gpu and gpus else ranks

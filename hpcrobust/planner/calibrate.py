@@ -7,7 +7,11 @@ file does not record (clean accuracy, the training attack of an adversarial roun
     attack:<type>   sum of actual FLOPs / sum of wall time over every attack record of that type
     train           the rest of each round (training, clean accuracy, pool refresh, loading and saving the
                     model), after taking out the training attack at its type's rate: fitted as
-                    seconds = FLOPs / rate + a fixed cost per round (when the rounds differ enough to tell)
+                    seconds = FLOPs / rate + a fixed cost per round (when the rounds differ enough to tell);
+                    the sweep's first round is left out of the fit, and what it took beyond the fit is the
+                    process's start-up, charged once per job
+    accuracy        the share of evaluation-attack examples classified correctly (only those are attacked),
+                    which the plan assumes for the same size unless --accuracy says otherwise
 
 and utilisation = rate / device peak. A size the file does not hold is interpolated in log(parameters)
 between the sizes it holds (the nearest one outside their range).
@@ -44,6 +48,8 @@ class Calibration:
     source: str
     device: Device
     points: dict[str, list[Point]] = field(default_factory=dict)  # kind -> sizes, ascending
+    accuracy: dict[int, float] = field(default_factory=dict)  # parameters -> share of attacked examples correct
+    startup_s: float = 0.0  # the first round's extra seconds (imports, first loads): once per job
 
     def lookup(self, kind: str, n_params: int) -> tuple[float, float] | None:
         """(utilisation, fixed seconds per round) for a kind of work on a model of `n_params`; None if unknown."""
@@ -89,8 +95,9 @@ def calibrate(path: str | Path, device: Device, plan_run) -> Calibration:
     cfg = stored_sweep(path)
     types = {a.name: a.type for a in cfg.attacks}
     samples: dict[tuple[str, int], list[tuple[float, float]]] = {}
-    rests: dict[int, list[tuple[float, float, dict]]] = {}
+    rests: dict[int, list[tuple[float, float, dict, bool]]] = {}
     dtypes: dict[int, str] = {}
+    correct: dict[int, list[int]] = {}
     with ResultsFile(path).open() as f:
         for key, g in f.get(S.RUNS, {}).items():
             rp = plan_run(cfg, key)
@@ -98,6 +105,7 @@ def calibrate(path: str | Path, device: Device, plan_run) -> Calibration:
                 continue
             n, dtype = rp.model.n_params, rp.model.dtype
             dtypes[n] = dtype
+            first_run = int(g.attrs.get(S.RUN_INDEX, -1)) == 0
             for rname, rg in g[S.ROUNDS].items():
                 if not is_committed(rg):
                     continue
@@ -107,6 +115,9 @@ def calibrate(path: str | Path, device: Device, plan_run) -> Calibration:
                     wall = float(ag[S.ATTACK_WALL_TIME][()])
                     samples.setdefault((f"attack:{types.get(aname, '?')}", n), []).append(
                         (float(ag[S.ATTACK_FLOPS_ACTUAL][()].sum()), wall))
+                    before = ag[S.CORRECT_BEFORE][()]
+                    correct.setdefault(n, [0, 0])[0] += int(before.sum())
+                    correct[n][1] += len(before)
                     spent += wall
                 rest = float(rg[S.WALL_TIME][()]) - spent
                 plan_round = rp.rounds[rnd] if rnd < len(rp.rounds) else None
@@ -116,10 +127,11 @@ def calibrate(path: str | Path, device: Device, plan_run) -> Calibration:
                     ph = plan_round.phase("training attack")
                     train_attack = {ph.kind: ph.flops.actual}
                 flops = float(rg[S.FLOPS_ACTUAL][()]) + clean
-                rests.setdefault(n, []).append((flops, rest, train_attack))
+                rests.setdefault(n, []).append((flops, rest, train_attack, first_run and rnd == 0))
     if not rests:
         raise UserError(f"{path} has no committed rounds to calibrate with")
     cal = Calibration(str(path), device)
+    cal.accuracy = {n: c / t for n, (c, t) in correct.items() if t}
     rates: dict[tuple[str, int], float] = {}
     for (kind, n), recs in sorted(samples.items()):
         rate = sum(r[0] for r in recs) / max(1e-9, sum(r[1] for r in recs))
@@ -127,17 +139,21 @@ def calibrate(path: str | Path, device: Device, plan_run) -> Calibration:
         cal.points.setdefault(kind, []).append(Point(n, rate / device.rate(dtypes[n]), 0.0,
                                                      sum(r[0] for r in recs), sum(r[1] for r in recs)))
     for n, recs in sorted(rests.items()):
-        flops, seconds = [], []
-        for fl, sec, ta in recs:
+        rows = []
+        for fl, sec, ta, first in recs:
             for kind, f_attack in ta.items():  # the training attack at its type's rate, from this size's records
                 if rates.get((kind, n)):
                     sec -= f_attack / rates[(kind, n)]
                 else:
                     fl += f_attack
-            flops.append(fl)
-            seconds.append(max(sec, 1e-6))
-        rate, c = fit_rate(flops, seconds)
-        cal.points.setdefault(TRAIN, []).append(Point(n, rate / device.rate(dtypes[n]), c, sum(flops), sum(seconds)))
+            rows.append((fl, max(sec, 1e-6), first))
+        usual = [r for r in rows if not r[2]] or rows  # the sweep's very first round also warms the process up
+        rate, c = fit_rate([r[0] for r in usual], [r[1] for r in usual])
+        for fl, sec, first in rows:
+            if first and len(usual) < len(rows):
+                cal.startup_s = max(0.0, sec - fl / rate - c)
+        cal.points.setdefault(TRAIN, []).append(Point(n, rate / device.rate(dtypes[n]), c, sum(r[0] for r in usual),
+                                                      sum(r[1] for r in usual)))
     for pts in cal.points.values():
         pts.sort(key=lambda p: p.n_params)
     return cal

@@ -102,17 +102,14 @@ def warnings_for(cfg: SweepConfig, plan: Plan, runs: dict[str, RunPlan]) -> tupl
         notes.append(f"upper bounds for {', '.join(stops)}: they stop an example at its first success"
                      " (RandomToken always does; GCG and BEAST unless early_stop: false)")
     if any(a.type == "gcg" for a in [*cfg.attacks, *cfg.train_attacks]):
-        notes.append("GCG is counted at its full search_width; the decode-then-encode filter can only drop"
-                     " candidates")
+        counted = all(rp.tokens.tokenizer is not None for rp in runs.values())
+        notes.append("GCG candidates are counted at the share that passes the decode-then-encode filter, replayed"
+                     " with the tokenizer" if counted else "GCG is counted at its full search_width where no tokenizer"
+                     " is at hand (an upper bound: the decode-then-encode filter only drops candidates)")
     per_rank = max((math.ceil(a.n_examples / cfg.parallel.ranks_per_group) for a in cfg.attacks), default=0)
     if per_rank > MAX_CACHED_EXAMPLES:
         notes.append(f"a rank leads up to {per_rank} attacked examples but keeps {MAX_CACHED_EXAMPLES} prefix"
                      " caches: evicted prefixes are recomputed every iteration (real work the FLOP counts leave"
                      " out); more ranks per group avoid it")
-    if plan.accuracy < 1:
-        notes.append(f"evaluation attacks assume {plan.accuracy:g} of their examples are classified correctly"
-                     " (only those are attacked)")
-    else:
-        notes.append("evaluation attacks assume every example is classified correctly (an upper bound: only"
-                     " correct ones are attacked; --accuracy A)")
+    notes.append(plan.accuracy_how)
     return warns, notes

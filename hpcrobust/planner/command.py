@@ -27,8 +27,9 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    " --device-flops)")
     p.add_argument("--utilisation", type=float, default=DEFAULT_UTILISATION, metavar="U",
                    help=f"fraction of peak reached, for work no calibration covers (default {DEFAULT_UTILISATION})")
-    p.add_argument("--accuracy", type=float, default=1.0, metavar="A", help="share of validation examples"
-                   " classified correctly, which evaluation attacks attack (default 1: an upper bound)")
+    p.add_argument("--accuracy", type=float, default=None, metavar="A", help="share of validation examples"
+                   " classified correctly, which evaluation attacks attack (default: measured by --calibrate for the"
+                   " sizes its file holds, else 1, an upper bound)")
     p.add_argument("--calibrate", metavar="FILE", help="results file of a finished sweep on the same device: its"
                    " FLOPs and wall times give the utilisation")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -44,7 +45,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def _checked(args: argparse.Namespace) -> None:
     if not 0 < args.utilisation <= 1:
         raise UserError(f"--utilisation: {args.utilisation:g} is not a fraction of peak in (0, 1]")
-    if not 0 <= args.accuracy <= 1:
+    if args.accuracy is not None and not 0 <= args.accuracy <= 1:
         raise UserError(f"--accuracy: {args.accuracy:g} is not a share in [0, 1]")
     if args.config is None and args.calibrate is None:
         raise UserError("plan: give a CONFIG (and optionally --calibrate FILE), or --calibrate FILE alone")

@@ -26,6 +26,7 @@ from hpcrobust.config import AttackConfig, SweepConfig
 from hpcrobust.models.flops import ArchShape, FlopCount
 from hpcrobust.planner import flops as F
 from hpcrobust.planner.arch import ModelArch, model_arch
+from hpcrobust.planner.survival import survival
 from hpcrobust.planner.tokens import SplitTokens, TaskTokens
 from hpcrobust.rng import stream
 from hpcrobust.sweep.plan import RunSpec
@@ -107,9 +108,9 @@ def forward_flops_of(a: ArchShape, lengths: list[float], shared: list[int], batc
 class CostModel:
     """Phase costs of one sweep config; `run_plan` replays one run (model x seed) round by round."""
 
-    def __init__(self, cfg: SweepConfig, accuracy: float = 1.0) -> None:
+    def __init__(self, cfg: SweepConfig, accuracy: dict[str, float] | None = None) -> None:
         self.cfg = cfg
-        self.accuracy = accuracy
+        self.accuracy = accuracy or {}  # model label -> share of attacked examples classified correctly (1 if absent)
         self._samplers: dict[str, ArchShape] = {}
         self._memo: dict[tuple, Phase] = {}
 
@@ -128,11 +129,12 @@ class CostModel:
             self._samplers[sm.name_or_path] = model_arch(sm, self.cfg.family, causal_lm=True).shape
         return self._samplers[sm.name_or_path]
 
-    def attack_costs(self, a: AttackConfig, arch: ModelArch, split: SplitTokens, idx: list[int],
+    def attack_costs(self, a: AttackConfig, arch: ModelArch, tt: TaskTokens, split: SplitTokens, idx: list[int],
                      n_models: int = 1) -> list[FlopCount] | None:
         before, after = split.around(a.placement, a.infix_fraction)
+        kept = float(survival(a, tt.tokenizer, a.n_iterations).sum()) if a.type == "gcg" else None
         return F.attack_examples(a, arch.shape, before[idx], after[idx], self.cfg.parallel.score_chunk,
-                                 self.sampler(a), n_models)
+                                 self.sampler(a), n_models, kept)
 
     # ---------------------------------------------------------------- round 0
     def finetune(self, run: RunSpec, arch: ModelArch, tt: TaskTokens) -> Phase:
@@ -158,13 +160,13 @@ class CostModel:
     def eval_attack(self, a: AttackConfig, arch: ModelArch, tt: TaskTokens) -> Phase:
         n = min(a.n_examples, len(tt.val))
         n_models = len(self.cfg.models) if a.ensemble else 1
-        per = self.attack_costs(a, arch, tt.val, list(range(n)), n_models)
+        per = self.attack_costs(a, arch, tt, tt.val, list(range(n)), n_models)
         name = f"attack {a.name}"
         if per is None:
             return Phase(name, f"attack:{a.type}", FlopCount(), f"attacks/{a.name}/flops_nominal",
                          note=f"no FLOP model for attack type '{a.type}': not counted")
         full = F.total(per)
-        acc = self.accuracy
+        acc = self.accuracy.get(arch.label, 1.0)
         exp = FlopCount(full.nominal * acc, full.actual * acc)
         note = f"{n} examples x accuracy {acc:g}"
         if a.ensemble:
@@ -181,7 +183,8 @@ class CostModel:
                                   F.scoring(arch.shape, n_sources, int(b), a.n_attack_tokens + int(f), chunk)]), int(k))
                  for (b, f), k in zip(pairs, counts, strict=True)]
         c = F.total(parts)
-        return Phase(f"transfer {a.name}", FORWARD, FlopCount(c.nominal * self.accuracy, c.actual * self.accuracy),
+        acc = self.accuracy.get(arch.label, 1.0)
+        return Phase(f"transfer {a.name}", FORWARD, FlopCount(c.nominal * acc, c.actual * acc),
                      note=f"{n_sources} source runs")
 
     # ---------------------------------------------------------------- rounds >= 1
@@ -194,7 +197,7 @@ class CostModel:
         a = base.plugin.for_training(base, n_it, adv.n_new_examples)
         n_train = len(tt.train)
         picked = attacked_examples(a.n_examples, n_train, run.seed, run.key, rnd)
-        per = self.attack_costs(a, arch, tt.train, picked)
+        per = self.attack_costs(a, arch, tt, tt.train, picked)
         attack = F.total(per) if per is not None else FlopCount()
         before, after = tt.train.around(a.placement, a.infix_fraction)
         pool += [(float(before[i] + a.n_attack_tokens + after[i]), min(tt.train.lcp, int(before[i]))) for i in picked]

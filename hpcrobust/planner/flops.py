@@ -81,12 +81,16 @@ def sampler_step(s: ArchShape, beams: int, new: int, past: int) -> FlopCount:
 
 # ---------------------------------------------------------------- one attacked example, every iteration
 
-def gcg_example(a: AttackConfig, v: ArchShape, before: int, after: int, chunk: int, n_models: int = 1) -> FlopCount:
-    """Iteration 0 scores the initial string; each iteration is a gradient plus `search_width` candidates (an
-    upper bound: the decode-then-encode filter can only drop candidates). Ensemble: every size's proposals."""
+def gcg_example(a: AttackConfig, v: ArchShape, before: int, after: int, chunk: int, n_models: int = 1,
+                kept: float | None = None) -> FlopCount:
+    """Iteration 0 scores the initial string; each iteration is a gradient plus the `search_width` candidates
+    that pass the decode-then-encode filter: `kept` full widths over all iterations (survival.py; all of them
+    when not given, an upper bound). Ensemble: every size's proposals."""
     tail = a.n_attack_tokens + after
-    it = total([gradient(v, before, tail), scoring(v, a.params.search_width * n_models, before, tail, chunk)])
-    return total([prefix(v, before), scoring(v, 1, before, tail, chunk), times(it, a.n_iterations)])
+    kept = a.n_iterations if kept is None else kept
+    width = scoring(v, a.params.search_width * n_models, before, tail, chunk)
+    grads = times(gradient(v, before, tail), a.n_iterations)
+    return total([prefix(v, before), scoring(v, 1, before, tail, chunk), grads, times(width, kept)])
 
 
 def random_token_example(a: AttackConfig, v: ArchShape, before: int, after: int, chunk: int) -> FlopCount:
@@ -115,10 +119,10 @@ def beast_example(a: AttackConfig, v: ArchShape, before: int, after: int, chunk:
 
 
 def example_cost(a: AttackConfig, v: ArchShape, before: int, after: int, chunk: int, sampler: ArchShape | None,
-                 n_models: int = 1) -> FlopCount | None:
+                 n_models: int = 1, kept: float | None = None) -> FlopCount | None:
     """Cost of one attacked example; None for an attack type the planner has no model of."""
     if a.type == "gcg":
-        return gcg_example(a, v, before, after, chunk, n_models)
+        return gcg_example(a, v, before, after, chunk, n_models, kept)
     if a.type == "random_token":
         return random_token_example(a, v, before, after, chunk)
     if a.type == "beast":
@@ -127,14 +131,14 @@ def example_cost(a: AttackConfig, v: ArchShape, before: int, after: int, chunk: 
 
 
 def attack_examples(a: AttackConfig, v: ArchShape, befores, afters, chunk: int, sampler: ArchShape | None,
-                    n_models: int = 1) -> list[FlopCount] | None:
+                    n_models: int = 1, kept: float | None = None) -> list[FlopCount] | None:
     """Per attacked example (the examples' own lengths), or None for an unknown attack type."""
     memo: dict[tuple[int, int], FlopCount | None] = {}
     out = []
     for b, f in zip(befores, afters, strict=True):
         key = (int(b), int(f))
         if key not in memo:
-            memo[key] = example_cost(a, v, key[0], key[1], chunk, sampler, n_models)
+            memo[key] = example_cost(a, v, key[0], key[1], chunk, sampler, n_models, kept)
         if memo[key] is None:
             return None
         out.append(memo[key])

@@ -186,7 +186,7 @@ def plan_memory(cfg: SweepConfig, m: ModelArch, tt: TaskTokens, sampler_of, on_c
     val = tt.val.clean()
     scoring = weights + layer_work(m, ft.eval_batch_size, int(val.max()), int(val.max()))  # no cache kept
     what, parts = "clean accuracy", (0.0, 0.0, scoring - weights)
-    attacks = [(x, False) for x in cfg.attacks] + [(cfg.train_attack(), True)] * adversarial
+    attacks = [(x, False) for x in cfg.attacks] + ([(cfg.train_attack(), True)] if adversarial else [])
     for a, train in attacks:
         n = adv.n_new_examples if train else a.n_examples
         caches, work, extra, grad = attack_scoring(m, a, tt, n, par.score_chunk, g, sampler_of(a), train)

@@ -30,6 +30,7 @@ class SizePlan:
     round_s: list[float]  # one run's rounds (slowest seed)
     run_s: float
     utilisation: dict[str, float]
+    accuracy: float  # assumed share of attacked examples classified correctly
 
 
 @dataclass
@@ -53,7 +54,7 @@ class Plan:
     device: Device
     device_how: str
     utilisation_how: str
-    accuracy: float
+    accuracy_how: str
     tokens: list[str]
     sizes: list[SizePlan]
     jobs: list[JobPlan]

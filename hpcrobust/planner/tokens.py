@@ -72,6 +72,7 @@ class TaskTokens:
     val: SplitTokens
     source: str  # which tokenizer, or the estimate
     exact: bool
+    tokenizer: object | None = None  # the model's tokenizer (None: estimated counts)
 
 
 def _lengths(tokenizer, texts: list[str], cut: int | None = None) -> tuple[np.ndarray, list[list[int]]]:
@@ -162,11 +163,12 @@ def task_tokens(task: TaskData, m: ModelConfig, fam: FamilyConfig, max_content_t
            len(tok) if tok is not None else 0, max_content_tokens)
     if key in _CACHE:
         return _CACHE[key]
+    real = tok
     if tok is None:
         tok, source, exact = CharEstimate(), f"estimated as characters/{CHARS_PER_TOKEN} ({why})", False
     else:
         source, exact = f"counted with {why}", True
     tt = TaskTokens(split_tokens(tok, task.train, max_content_tokens), split_tokens(tok, task.val, max_content_tokens),
-                    source, exact)
+                    source, exact, real)
     _CACHE[key] = tt
     return tt
