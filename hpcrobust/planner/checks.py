@@ -56,8 +56,8 @@ def memory_warnings(cfg: SweepConfig, plan: Plan) -> list[str]:
     return out
 
 
-def time_warnings(cfg: SweepConfig, plan: Plan) -> list[str]:
-    out = []
+def time_warnings(cfg: SweepConfig, plan: Plan) -> tuple[list[str], list[str]]:
+    out, notes = [], []
     limit = plan.time_limit_s
     g = cfg.parallel.ranks_per_group
     for j in plan.jobs:
@@ -71,7 +71,10 @@ def time_warnings(cfg: SweepConfig, plan: Plan) -> list[str]:
                        f" (checkpointing inside a round is not in the run yet)")
         elif j.wall_s > limit:
             need = math.ceil(j.wall_s / (limit - j.round_s[worst])) - 1  # a requeue redoes the round it cut
-            if need > plan.max_requeues:
+            if need <= plan.max_requeues:
+                notes.append(f"the job{name} runs past the time limit: about {need} requeue(s)"
+                           f" (launch.max_requeues {plan.max_requeues}), each redoing at most the round it cut")
+            else:
                 out.append(f"the job{name} needs about {need} requeues ({duration(j.wall_s)} at a limit of"
                            f" {duration(limit)}) but launch.max_requeues is {plan.max_requeues}; raise it, or the"
                            f" time limit, or use launch.array_over=seeds")
@@ -80,12 +83,12 @@ def time_warnings(cfg: SweepConfig, plan: Plan) -> list[str]:
             out.append(f"{idle} of {j.groups} group(s){name} get no run (only {sum(map(len, j.runs_by_group))} runs"
                        f" for {j.groups} groups of {g} rank(s)); fewer launch.tasks_per_node, a larger"
                        f" parallel.ranks_per_group, or launch.array_over=none would use them")
-    return out
+    return out, notes
 
 
 def warnings_for(cfg: SweepConfig, plan: Plan, runs: dict[str, RunPlan]) -> tuple[list[str], list[str]]:
-    warns = memory_warnings(cfg, plan) + time_warnings(cfg, plan)
-    notes = []
+    timing, notes = time_warnings(cfg, plan)
+    warns = memory_warnings(cfg, plan) + timing
     first = next(iter(runs.values()))
     for rr in first.rounds[:2]:
         for p in rr.phases:

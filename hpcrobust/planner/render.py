@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 from hpcrobust.planner.calibrate import Calibration
 from hpcrobust.planner.checks import duration, gib
@@ -34,6 +35,20 @@ def describe_device(d: Device) -> str:
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _relative(path: str) -> str:
+    p = Path(path)
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+def _utilisation(u: dict[str, float]) -> str:
+    if len({round(v, 6) for v in u.values()}) == 1:
+        return f"{next(iter(u.values())):.2g}"
+    return " / ".join(f"{k.removeprefix('attack:')} {v:.2g}" for k, v in sorted(u.items()))
 
 
 def calibration_lines(cal: Calibration) -> list[str]:
@@ -85,26 +100,28 @@ def markdown(plan: Plan, cal: Calibration | None = None) -> str:
     lines += ["", f"² per-layer activation checkpointing, which the run does not have yet. Usable per device:"
               f" {gib(plan.device.usable_bytes()) if plan.device.memory_gib else 'not stated'}.", ""]
     lines += [f"### Time on {plan.device.name}", ""]
-    rows = [[s.label, " / ".join(f"{k} {u:.2g}" for k, u in sorted(s.utilisation.items())), duration(s.round_s[0]),
+    rows = [[s.label, _utilisation(s.utilisation), duration(s.round_s[0]),
              duration(max(s.round_s[1:])) if len(s.round_s) > 1 else "-", duration(s.run_s), str(s.n_runs)]
             for s in plan.sizes]
     lines += _table(["size", "utilisation", "round 0", "slowest later round", "one run", "runs"], rows)
     lines += ["", "### Layout (what `hpcrobust submit` would use)", ""]
+    unit = "GPU-hours" if plan.device.gpu else "rank-hours"
     for j in plan.jobs:
         name = "one job" if j.label == "job" else f"job {j.label}"
-        lines.append(f"- {name}: seeds {j.seeds} -> {j.output}; {j.ranks} rank(s), {j.gpus} GPU(s), {j.groups}"
-                     f" group(s) of {j.ranks // j.groups}; wall {duration(j.wall_s)} (slowest round"
-                     f" {duration(max(j.round_s))}), {j.device_hours:.1f} device-hours allocated,"
+        lines.append(f"- {name}: seeds {j.seeds} -> {_relative(j.output)}; {j.ranks} rank(s), {j.gpus} GPU(s),"
+                     f" {j.groups} group(s) of {j.ranks // j.groups}; wall {duration(j.wall_s)} (slowest round"
+                     f" {duration(max(j.round_s))}), {j.device_hours:.1f} {unit} allocated,"
                      f" {j.busy_hours:.1f} busy")
         for gi, grp in enumerate(j.runs_by_group):
             lines.append(f"  - group {gi}: {', '.join(grp) or '(idle)'}")
-    lines += [f"- time limit {duration(plan.time_limit_s)}, launch.max_requeues {plan.max_requeues}", ""]
+    startup = f"; start-up {duration(plan.startup_s)} per job (calibrated)" if plan.startup_s else ""
+    lines += [f"- time limit {duration(plan.time_limit_s)}, launch.max_requeues {plan.max_requeues}{startup}", ""]
     if plan.warnings:
         lines += ["### Warnings", "", *[f"- {w}" for w in plan.warnings], ""]
     lines += ["### Notes", "", *[f"- {n}" for n in plan.notes], ""]
     if cal is not None:
         lines += ["### Calibration", "", *calibration_lines(cal), ""]
-    lines.append(f"**Total: {plan.device_hours:.1f} device-hours on {plan.device.name} at the utilisation above,"
+    lines.append(f"**Total: {plan.device_hours:.1f} {unit} on {plan.device.name} at the utilisation above,"
                  f" wall {duration(plan.wall_s)}.**")
     return "\n".join(lines) + "\n"
 

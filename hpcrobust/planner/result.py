@@ -63,6 +63,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0  # how long planning took
+    startup_s: float = 0.0  # once per job, from calibration
 
     @property
     def nominal(self) -> float:
