@@ -153,6 +153,8 @@ def _plan_sweep(cfg: SweepConfig, overrides: list[str], opts: Options, device: D
             attacks={a.name: first.rounds[0].phase(f"attack {a.name}").flops.nominal for a in cfg.attacks},
             advtrain=advs, other=other, nominal=nominal, actual=actual, memory=mem, fits=fits,
             round_s=run_round_s[slow.run.key], run_s=sum(run_round_s[slow.run.key]),
+            transfer_s=sum(timer.phase(p, archs[mi]) for rr in slow.rounds for p in rr.phases
+                           if p.name.startswith("transfer ")),
             utilisation={k: u for (lab, k), u in timer.used.items() if lab == archs[mi].label},
             accuracy=accuracy[archs[mi].label][0]))
     startup = opts.calibration.startup_s if opts.calibration else 0.0

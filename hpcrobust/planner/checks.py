@@ -56,24 +56,36 @@ def memory_warnings(cfg: SweepConfig, plan: Plan) -> list[str]:
     return out
 
 
+def segments(round_s: list[float], limit: float) -> int:
+    """Jobs (the first and its requeues) needed when each may run `limit` seconds and only whole rounds count:
+    a round that does not fit in what is left is cut and starts again in the next job."""
+    jobs, left = 1, limit
+    for r in round_s:
+        if r > left:
+            jobs, left = jobs + 1, limit
+        left -= r
+    return jobs
+
+
 def time_warnings(cfg: SweepConfig, plan: Plan) -> tuple[list[str], list[str]]:
     out, notes = [], []
     limit = plan.time_limit_s
+    usable = limit - cfg.launch.slurm_signal_delay_s  # USR2 comes this long before the limit
     g = cfg.parallel.ranks_per_group
     for j in plan.jobs:
         name = "" if j.label == "job" else f" ({j.label})"
         worst = max(range(len(j.round_s)), key=lambda k: j.round_s[k])
-        if j.round_s[worst] > limit:
+        if j.round_s[worst] > usable:
             out.append(f"round {worst}{name} takes {duration(j.round_s[worst])}, longer than the time limit"
                        f" {duration(limit)}: it can never commit, so the job would requeue without end; fixes: more"
                        f" ranks per run (parallel.ranks_per_group={2 * g} with launch.tasks_per_node to match), a"
                        f" longer launch.timeout_min, or fewer attacked examples or iterations per round"
                        f" (checkpointing inside a round is not in the run yet)")
-        elif j.wall_s > limit:
-            need = math.ceil(j.wall_s / (limit - j.round_s[worst])) - 1  # a requeue redoes the round it cut
+        elif j.wall_s > usable:
+            need = segments(j.round_s, usable) - 1
             if need <= plan.max_requeues:
                 notes.append(f"the job{name} runs past the time limit: about {need} requeue(s)"
-                           f" (launch.max_requeues {plan.max_requeues}), each redoing at most the round it cut")
+                             f" (launch.max_requeues {plan.max_requeues}), each redoing the round it cut")
             else:
                 out.append(f"the job{name} needs about {need} requeues ({duration(j.wall_s)} at a limit of"
                            f" {duration(limit)}) but launch.max_requeues is {plan.max_requeues}; raise it, or the"
@@ -100,6 +112,10 @@ def warnings_for(cfg: SweepConfig, plan: Plan, runs: dict[str, RunPlan]) -> tupl
     if plan.device.gpu and not cfg.launch.gpus_per_node:
         notes.append("launch.gpus_per_node is 0: `submit` would ask SLURM for no GPU; times are for"
                      f" {plan.device.name} as stated")
+    ens = [a.name for a in cfg.attacks if a.ensemble]
+    if ens:
+        notes.append(f"ensemble {', '.join(ens)}: every size scores every size's proposals for every example (an"
+                     " upper bound: a size stops proposing once the example no longer needs it)")
     stops = [a.name for a in cfg.attacks if getattr(a.params, "early_stop", True)]
     if stops:
         notes.append(f"upper bounds for {', '.join(stops)}: they stop an example at its first success"
@@ -115,4 +131,7 @@ def warnings_for(cfg: SweepConfig, plan: Plan, runs: dict[str, RunPlan]) -> tupl
                      " caches: evicted prefixes are recomputed every iteration (real work the FLOP counts leave"
                      " out); more ranks per group avoid it")
     notes.append(plan.accuracy_how)
+    if not plan.utilisation_how.startswith("calibrated"):
+        notes.append("each round also loads and saves its model (checkpoint) at 1 GB/s; the process's start-up is"
+                     " not included (--calibrate measures both)")
     return warns, notes

@@ -29,6 +29,7 @@ class SizePlan:
     fits: bool | None
     round_s: list[float]  # one run's rounds (slowest seed)
     run_s: float
+    transfer_s: float  # of run_s: the transfer matrix, which happens outside the rounds' recorded wall_time
     utilisation: dict[str, float]
     accuracy: float  # assumed share of attacked examples classified correctly
 

@@ -19,7 +19,7 @@ from hpcrobust.models.vocab import allowed_tokens, retokenizes
 WALKS = 8
 SIMULATED = 24  # iterations replayed; later ones take the mean of the last 8
 
-_CACHE: dict[tuple, np.ndarray] = {}
+_CACHE: dict[tuple, tuple[object, np.ndarray]] = {}  # the tokenizer is kept, so its id stays unique
 
 
 def survival(a: AttackConfig, tokenizer, n_iterations: int) -> np.ndarray:
@@ -27,11 +27,10 @@ def survival(a: AttackConfig, tokenizer, n_iterations: int) -> np.ndarray:
     if tokenizer is None:
         return np.ones(n_iterations)
     p = a.params
-    key = (getattr(tokenizer, "name_or_path", ""), len(tokenizer), p.search_width, p.n_replace, a.n_attack_tokens,
-           p.init_string)
+    key = (id(tokenizer), p.search_width, p.n_replace, a.n_attack_tokens, p.init_string)
     if key not in _CACHE:
-        _CACHE[key] = _simulate(a, tokenizer)
-    sim = _CACHE[key]
+        _CACHE[key] = (tokenizer, _simulate(a, tokenizer))
+    sim = _CACHE[key][1]
     out = np.empty(n_iterations)
     k = min(n_iterations, len(sim))
     out[:k] = sim[:k]

@@ -153,16 +153,16 @@ def tokenizer_for(m: ModelConfig, fam: FamilyConfig) -> tuple[object | None, str
         return None, f"no tokenizer of {m.name_or_path} on this machine"
 
 
-_CACHE: dict[tuple, TaskTokens] = {}
+_CACHE: dict[tuple, tuple[TaskData, object, TaskTokens]] = {}  # the task and tokenizer are kept: ids stay unique
 
 
 def task_tokens(task: TaskData, m: ModelConfig, fam: FamilyConfig, max_content_tokens: int) -> TaskTokens:
     """Token counts of the task's train and validation examples for model `m` (cached per tokenizer)."""
     tok, why = tokenizer_for(m, fam)
-    key = (id(task), getattr(tok, "name_or_path", None) if tok is not None else None,
-           len(tok) if tok is not None else 0, max_content_tokens)
+    vocab = tok.get_vocab() if tok is not None else {}
+    key = (id(task), len(vocab), hash(frozenset(vocab.items())) if vocab else 0, max_content_tokens)
     if key in _CACHE:
-        return _CACHE[key]
+        return _CACHE[key][2]
     real = tok
     if tok is None:
         tok, source, exact = CharEstimate(), f"estimated as characters/{CHARS_PER_TOKEN} ({why})", False
@@ -170,5 +170,5 @@ def task_tokens(task: TaskData, m: ModelConfig, fam: FamilyConfig, max_content_t
         source, exact = f"counted with {why}", True
     tt = TaskTokens(split_tokens(tok, task.train, max_content_tokens), split_tokens(tok, task.val, max_content_tokens),
                     source, exact, real)
-    _CACHE[key] = tt
+    _CACHE[key] = (task, tok, tt)
     return tt
