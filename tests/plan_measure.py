@@ -18,6 +18,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from hpcrobust.attacks.base import AttackEnv, run_attack  # noqa: E402
+from hpcrobust.attacks.beast import sampler_model  # noqa: E402
 from hpcrobust.attacks.engine import ScoringEngine  # noqa: E402
 from hpcrobust.attacks.evaluate import encode_examples  # noqa: E402
 from hpcrobust.config import SweepConfig  # noqa: E402
@@ -98,10 +99,13 @@ def planned(cfg: SweepConfig, index: int, attack: int, on_cuda: bool) -> tuple[f
     m = cfg.models[index]
     arch = model_arch(m, cfg.family)
     tt = task_tokens(load_task(cfg.task), m, cfg.family, cfg.task.max_content_tokens)
-    mem = M.plan_memory(cfg, arch, tt, lambda a: None, on_cuda)
+    def sampler_of(a):
+        return model_arch(sampler_model(a), cfg.family, causal_lm=True) if a.type == "beast" else None
+
+    mem = M.plan_memory(cfg, arch, tt, sampler_of, on_cuda)
     a = cfg.attacks[attack]
     caches, work, extra, grad = M.attack_scoring(arch, a, tt, a.n_examples, cfg.parallel.score_chunk,
-                                                 cfg.parallel.ranks_per_group, None, train=False)
+                                                 cfg.parallel.ranks_per_group, sampler_of(a), train=False)
     return mem.train_peak, mem.weights + extra + caches + max(work, grad)
 
 if __name__ == "__main__":  # on a GPU machine: python tests/plan_measure.py cuda CONFIG

@@ -6,7 +6,8 @@ clean examples fill its training set, the random-token defense's coin flips, and
 iteration schedule. Only two things are not known before the run, and the plan states what it assumes:
 
 - which validation examples a model classifies correctly (only those are attacked): `accuracy` of them;
-- which pool entries a round samples when the pool holds more than its adversarial share: the pool's mean length.
+- which pool entries a round samples when the pool holds more than its adversarial share: entries spread evenly
+  over the pool's lengths.
 
 What each phase's nominal FLOPs equal in the results file (`recorded`): fine-tuning = round 0's
 `finetune_flops`; an evaluation attack = the sum of `attacks/<name>/flops_nominal`; adversarial training =
@@ -209,9 +210,9 @@ class CostModel:
         if n_adv == len(pool):
             adv_rows, note = list(pool), "every pool entry"
         else:
-            mean = float(np.mean([p[0] for p in pool]))
-            adv_rows = [(mean, min(p[1] for p in pool))] * n_adv
-            note = f"{n_adv} of {len(pool)} pool entries at the pool's mean length"
+            spread = sorted(pool)  # evenly spaced through the pool's lengths: its mean, and its padding
+            adv_rows = [spread[int(k)] for k in np.round(np.linspace(0, len(pool) - 1, n_adv))]
+            note = f"{n_adv} of {len(pool)} pool entries, spread evenly over the pool's lengths"
         clean = tt.train.clean()
         rows = adv_rows + [(float(clean[i]), tt.train.lcp) for i in clean_idx]
         order = epoch_order(len(rows), adv.epochs, ft.batch_size, run.seed, (run.key, "advtrain", rnd))
