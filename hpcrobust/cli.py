@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", metavar="key.sub=value", help=OVERRIDE_HELP)
     run.add_argument("--quiet", action="store_true", help="no log lines and no progress bar")
     _add_launch_commands(sub)
+    from hpcrobust.planner import command as plan_cli
+
+    plan_cli.add_parser(sub)
     from hpcrobust.analysis import cli as analysis_cli
 
     analysis_cli.add_parser(sub)
@@ -101,6 +104,12 @@ def _sbatch(args: argparse.Namespace) -> int:
     return sbatch_command(args.config, args.overrides, args.template)
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from hpcrobust.planner.command import plan_command
+
+    return plan_command(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
@@ -115,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         from hpcrobust.analysis import cli as analysis_cli
 
-        handler = {"run": _run, "submit": _submit, "sbatch": _sbatch, "analyze": analysis_cli.run,
+        handler = {"run": _run, "submit": _submit, "sbatch": _sbatch, "plan": _plan, "analyze": analysis_cli.run,
                    "export": analysis_cli.run_export}[args.command]
         return handler(args)
     except UserError as exc:

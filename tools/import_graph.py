@@ -18,7 +18,7 @@ PKG = ROOT / "hpcrobust"
 # Top to bottom. A module may import from its own layer's other packages or from any layer below.
 LAYERS: list[tuple[str, ...]] = [
     ("cli",),
-    ("launch",),
+    ("launch", "planner"),
     ("sweep",),
     ("config", "analysis"),
     ("attacks", "training", "tracking"),

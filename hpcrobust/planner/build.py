@@ -1,0 +1,223 @@
+"""Assemble a sweep's plan: FLOPs per phase, memory per rank, time on a device, and the job layout.
+
+    plan_sweep(cfg, overrides, options) -> Plan
+
+The layout is `submit`'s: one job, or one per seed or shard (`launch.array_over`); each job's world of
+launch.nodes x launch.tasks_per_node ranks is cut into groups of parallel.ranks_per_group, run i goes to
+group i mod n_groups, and every group finishes round r before any commits it, so a job's round lasts as
+long as its busiest group's runs of that round.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from hpcrobust.attacks.base import CheckEnv
+from hpcrobust.attacks.beast import sampler_model
+from hpcrobust.config import SweepConfig
+from hpcrobust.errors import UserError
+from hpcrobust.launch.plan import plan_tasks, quote_times
+from hpcrobust.planner.arch import ModelArch, model_arch
+from hpcrobust.planner.calibrate import Calibration
+from hpcrobust.planner.checks import warnings_for
+from hpcrobust.planner.costs import FORWARD, TRAIN, CostModel, Phase, RunPlan
+from hpcrobust.planner.devices import DEFAULT_UTILISATION, Device
+from hpcrobust.planner.memory import plan_memory
+from hpcrobust.planner.result import JobPlan, Plan, SizePlan
+from hpcrobust.planner.tokens import task_tokens
+from hpcrobust.sweep.plan import RunSpec, plan_runs
+from hpcrobust.tasks import load_task
+from hpcrobust.training.adversarial import equal_compute_rounds
+
+IO_BYTES_PER_S = 1e9  # loading and saving a round's checkpoint, when no calibration says otherwise
+
+
+@dataclass
+class Options:
+    accuracy: float | None = None  # share of validation examples classified correctly (only those are attacked);
+    # None: the calibration file's share for a size it holds, else 1 (an upper bound)
+    utilisation: float = DEFAULT_UTILISATION
+    calibration: Calibration | None = None
+
+
+def accuracy_for(m: ModelArch, opts: Options) -> tuple[float, str]:
+    """(share of attacked examples classified correctly, where that share comes from)."""
+    if opts.accuracy is not None:
+        return opts.accuracy, f"evaluation attacks assume {opts.accuracy:g} of their examples are classified" \
+            " correctly (--accuracy)"
+    cal = opts.calibration
+    if cal is not None and m.n_params in cal.accuracy:
+        return cal.accuracy[m.n_params], f"evaluation attacks assume each size's share of correctly classified" \
+            f" examples measured in {cal.source} (only those are attacked; --accuracy A to override)"
+    return 1.0, "evaluation attacks assume every example is classified correctly (an upper bound: only correct ones" \
+        " are attacked; --accuracy A)"
+
+
+def rounds_per_model(cfg: SweepConfig, archs: list[ModelArch]) -> list[int]:
+    """sweep/plan.py's rule, with parameters counted from the architecture (no config.json needed)."""
+    per = [cfg.advtrain.rounds] * len(cfg.models)
+    if cfg.advtrain.equal_compute:
+        per = equal_compute_rounds(cfg.advtrain.rounds, [a.n_params for a in archs])
+    return [m.rounds if m.rounds >= 0 else r for m, r in zip(cfg.models, per, strict=True)]
+
+
+class Timer:
+    """Seconds of a phase on the device, with the calibrated (or default) utilisation of its kind and size."""
+
+    def __init__(self, device: Device, opts: Options, cfg: SweepConfig) -> None:
+        self.device, self.opts, self.cfg = device, opts, cfg
+        self.used: dict[tuple[str, str], float] = {}
+        self.missing: set[str] = set()
+
+    def utilisation(self, kind: str, m: ModelArch) -> tuple[float, float]:
+        kind = TRAIN if kind == FORWARD else kind
+        cal = self.opts.calibration
+        found = cal.lookup(kind, m.n_params) if cal else None
+        if found is None:
+            if cal is not None:
+                self.missing.add(kind)
+            u, c = self.opts.utilisation, 2 * m.n_params * m.dtype_bytes / IO_BYTES_PER_S
+        else:
+            u, c = found
+        self.used[(m.label, kind)] = u
+        return u, c
+
+    def phase(self, p: Phase, m: ModelArch) -> float:
+        g = self.cfg.parallel.ranks_per_group
+        u, _ = self.utilisation(p.kind, m)
+        share = {TRAIN: min(g, self.cfg.finetune.batch_size // self.cfg.finetune.micro_batch_size)}.get(p.kind, g)
+        return p.flops.actual / (u * self.device.rate(m.dtype)) / share
+
+    def round(self, rp_phases: list[Phase], m: ModelArch) -> float:
+        _, overhead = self.utilisation(TRAIN, m)
+        return overhead + sum(self.phase(p, m) for p in rp_phases)
+
+
+def preflight(cfg: SweepConfig, archs: list[ModelArch]) -> None:
+    """`run`'s checks that need no weights and no tokenizer: every attack plug-in's own (sweep/checks.py)."""
+    env = CheckEnv(cfg.models, [a.path for a in archs], [a.vocab for a in archs], cfg.family)
+    for group in ("attacks", "train_attacks"):
+        for i, a in enumerate(getattr(cfg, group)):
+            a.plugin.check(a, f"{group}.{i} ({a.name})", env)
+
+
+def plan_sweep(cfg: SweepConfig, overrides: list[str], opts: Options, device: Device, device_how: str,
+               source: str) -> Plan:
+    """The whole plan; a user error names `source`, as `run`'s do."""
+    try:
+        return _plan_sweep(cfg, overrides, opts, device, device_how, source)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
+
+
+def _plan_sweep(cfg: SweepConfig, overrides: list[str], opts: Options, device: Device, device_how: str,
+                source: str) -> Plan:
+    t0 = time.time()
+    archs = [model_arch(m, cfg.family) for m in cfg.models]
+    task = load_task(cfg.task)
+    preflight(cfg, archs)
+    n_rounds = rounds_per_model(cfg, archs)
+    accuracy = {a.label: accuracy_for(a, opts) for a in archs}
+    costs = CostModel(cfg, {k: v[0] for k, v in accuracy.items()})
+    timer = Timer(device, opts, cfg)
+    runs = plan_runs(cfg)
+    active = [sum(1 for r in runs if n_rounds[r.model_index] >= k) for k in range(max(n_rounds) + 1)]
+    tokens = {mi: task_tokens(task, m, cfg.family, cfg.task.max_content_tokens) for mi, m in enumerate(cfg.models)}
+    run_plans: dict[str, RunPlan] = {}
+    for r in runs:
+        mi = r.model_index
+        run_plans[r.key] = costs.run_plan(r, archs[mi], tokens[mi], n_rounds[mi], active)
+    run_round_s = {k: [timer.round(rr.phases, rp.model) for rr in rp.rounds] for k, rp in run_plans.items()}
+
+    def sampler_of(a):
+        return model_arch(sampler_model(a), cfg.family, causal_lm=True) if a.type == "beast" else None
+
+    sizes = []
+    for mi, m in enumerate(cfg.models):
+        mine = [rp for rp in run_plans.values() if rp.run.model_index == mi]
+        first = mine[0]
+        mem = plan_memory(cfg, archs[mi], tokens[mi], sampler_of, device.gpu)
+        usable = device.usable_bytes()
+        fits = None if not usable else mem.peak <= usable
+        advs = [sum(p.flops.nominal for rp in mine for p in rp.rounds[k].phases if p.recorded == "defense_flops")
+                / len(mine) for k in range(1, n_rounds[mi] + 1)]
+        other = sum(p.flops.nominal for rp in mine for rr in rp.rounds for p in rr.phases if not p.recorded) / len(mine)
+        nominal = sum(p.flops.nominal for rp in mine for rr in rp.rounds for p in rr.phases) / len(mine)
+        actual = sum(p.flops.actual for rp in mine for rr in rp.rounds for p in rr.phases) / len(mine)
+        slow = max(mine, key=lambda rp: sum(run_round_s[rp.run.key]))
+        sizes.append(SizePlan(
+            label=archs[mi].label, name=m.name_or_path, source=archs[mi].source, n_params=archs[mi].n_params,
+            dtype=m.torch_dtype, n_runs=len(mine), rounds=n_rounds[mi],
+            finetune=sum(rp.rounds[0].nominal("finetune_flops") for rp in mine) / len(mine),
+            attacks={a.name: first.rounds[0].phase(f"attack {a.name}").flops.nominal for a in cfg.attacks},
+            advtrain=advs, other=other, nominal=nominal, actual=actual, memory=mem, fits=fits,
+            round_s=run_round_s[slow.run.key], run_s=sum(run_round_s[slow.run.key]),
+            transfer_s=sum(timer.phase(p, archs[mi]) for rr in slow.rounds for p in rr.phases
+                           if p.name.startswith("transfer ")),
+            utilisation={k: u for (lab, k), u in timer.used.items() if lab == archs[mi].label},
+            accuracy=accuracy[archs[mi].label][0]))
+    startup = opts.calibration.startup_s if opts.calibration else 0.0
+    jobs = plan_jobs(cfg, overrides, n_rounds, run_round_s, device, startup)
+    how = (f"calibrated from {opts.calibration.source}" if opts.calibration else
+           f"{opts.utilisation:g} of peak for every kind of work (default; --utilisation U, or --calibrate FILE)")
+    if timer.missing:
+        how += f"; {', '.join(sorted(timer.missing))}: not in that file, {opts.utilisation:g} used"
+    sources = sorted({v[1] for v in accuracy.values()})
+    plan = Plan(source, device, device_how, how, "; ".join(sources),
+                [f"{archs[mi].label}: {t.source}" for mi, t in tokens.items()],
+                sizes, jobs, cfg.launch.minutes() * 60.0, cfg.launch.max_requeues)
+    plan.startup_s = startup
+    plan.warnings, plan.notes = warnings_for(cfg, plan, run_plans)
+    plan.seconds = time.time() - t0
+    return plan
+
+
+def plan_jobs(cfg: SweepConfig, overrides: list[str], n_rounds: list[int], run_round_s: dict[str, list[float]],
+              device: Device, startup_s: float = 0.0) -> list[JobPlan]:
+    launch, g = cfg.launch, cfg.parallel.ranks_per_group
+    ranks = launch.nodes * launch.tasks_per_node
+    if ranks % g:
+        raise UserError(f"parallel.ranks_per_group: {g} does not divide the {ranks} ranks"
+                        f" (launch.nodes x launch.tasks_per_node)")
+    n_groups = ranks // g
+    gpus = launch.nodes * launch.gpus_per_node
+    jobs = []
+    for t in plan_tasks(cfg, quote_times(overrides)):
+        seeds = list(t.seeds)
+        runs: list[RunSpec] = [r for r in plan_runs(cfg) if r.seed in seeds]
+        by_group: list[list[RunSpec]] = [[] for _ in range(n_groups)]
+        for i, r in enumerate(runs):
+            by_group[i % n_groups].append(r)
+        last = max(n_rounds[r.model_index] for r in runs)
+        round_s = []
+        for k in range(last + 1):
+            loads = [sum(run_round_s[r.key][k] for r in grp if k <= n_rounds[r.model_index]) for grp in by_group]
+            round_s.append(max(loads))
+        round_s[0] += startup_s  # the process's start-up, measured by calibration
+        wall = sum(round_s)
+        busy = sum(sum(run_round_s[r.key]) for r in runs) * g
+        per = gpus if device.gpu and gpus else ranks
+        jobs.append(JobPlan(t.label or "job", seeds, str(t.output), ranks, n_groups, gpus,
+                            [[r.key for r in grp] for grp in by_group], round_s, wall, wall * per / 3600,
+                            busy / 3600))
+    return jobs
+
+
+_TASKS: dict[int, tuple[SweepConfig, object]] = {}
+
+
+def run_plan_of(cfg: SweepConfig, key: str) -> RunPlan | None:
+    """One run's plan in the sweep `cfg` (None if the sweep has no run `key`): calibration replays a stored sweep."""
+    runs = {r.key: r for r in plan_runs(cfg)}
+    if key not in runs:
+        return None
+    if id(cfg) not in _TASKS:
+        _TASKS[id(cfg)] = (cfg, load_task(cfg.task))  # the config is kept so its id is not reused
+    task = _TASKS[id(cfg)][1]
+    archs = [model_arch(m, cfg.family) for m in cfg.models]
+    n_rounds = rounds_per_model(cfg, archs)
+    active = [sum(1 for r in runs.values() if n_rounds[r.model_index] >= k) for k in range(max(n_rounds) + 1)]
+    r = runs[key]
+    tt = task_tokens(task, cfg.models[r.model_index], cfg.family, cfg.task.max_content_tokens)
+    return CostModel(cfg).run_plan(r, archs[r.model_index], tt, n_rounds[r.model_index], active)

@@ -1,0 +1,137 @@
+"""What would go wrong hours into a job, said before it is submitted, each with its fix.
+
+Warnings: a size that does not fit its device, a round that cannot finish within the time limit (so it never
+commits and the job requeues without end), a sweep that needs more requeues than allowed, ranks that get no
+run, attack types the plan cannot count. Notes: what the numbers assume.
+"""
+
+from __future__ import annotations
+
+import math
+
+from hpcrobust.config import SweepConfig
+from hpcrobust.planner.costs import RunPlan
+from hpcrobust.planner.memory import MAX_CACHED_EXAMPLES, GiB
+from hpcrobust.planner.result import Plan
+
+
+def gib(x: float) -> str:
+    return f"{x / GiB:.1f} GiB" if x >= 0.1 * GiB else f"{x / 1024 ** 2:.1f} MiB"
+
+
+def duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.1f} s"
+
+
+def memory_warnings(cfg: SweepConfig, plan: Plan) -> list[str]:
+    out = []
+    usable = plan.device.usable_bytes()
+    for s in plan.sizes:
+        if s.fits is not False:
+            continue
+        mem = s.memory
+        what = "training" if mem.train_peak >= mem.scoring_peak else f"scoring ({mem.scoring_what})"
+        fixes = []
+        if mem.train_peak > usable:
+            if mem.activations > 0.25 * mem.train_peak:
+                fixes.append(f"a smaller finetune.micro_batch_size (activations {gib(mem.activations)} at"
+                             f" {cfg.finetune.micro_batch_size})")
+            if cfg.finetune.optimizer == "adamw" or cfg.advtrain.optimizer == "adamw":
+                fixes.append(f"optimizer adafactor (AdamW state {gib(mem.optimizer)})")
+            if s.dtype == "float32":
+                fixes.append("torch_dtype bfloat16 (halves weights, gradients and state)")
+            if mem.train_peak_checkpointed <= usable < mem.train_peak:
+                fixes.append(f"gradient checkpointing ({gib(mem.train_peak_checkpointed)}; not in the run yet)")
+            if mem.weights + mem.gradients + mem.optimizer > usable:
+                fixes.append("a larger GPU, or sharding the model (FSDP; not in the run yet: every rank holds the"
+                             " whole model)")
+        else:
+            fixes.append(f"a smaller parallel.score_chunk (one chunk: {gib(mem.chunk)}) or fewer cached prefixes")
+        out.append(f"{s.label} does not fit: {what} needs {gib(mem.peak)} per rank, {plan.device.name} has"
+                   f" {gib(usable)} usable; fixes: {'; '.join(fixes)}")
+    return out
+
+
+def segments(round_s: list[float], limit: float) -> int:
+    """Jobs (the first and its requeues) needed when each may run `limit` seconds and only whole rounds count:
+    a round that does not fit in what is left is cut and starts again in the next job."""
+    jobs, left = 1, limit
+    for r in round_s:
+        if r > left:
+            jobs, left = jobs + 1, limit
+        left -= r
+    return jobs
+
+
+def time_warnings(cfg: SweepConfig, plan: Plan) -> tuple[list[str], list[str]]:
+    out, notes = [], []
+    limit = plan.time_limit_s
+    usable = limit - cfg.launch.slurm_signal_delay_s  # USR2 comes this long before the limit
+    g = cfg.parallel.ranks_per_group
+    for j in plan.jobs:
+        name = "" if j.label == "job" else f" ({j.label})"
+        worst = max(range(len(j.round_s)), key=lambda k: j.round_s[k])
+        if j.round_s[worst] > usable:
+            out.append(f"round {worst}{name} takes {duration(j.round_s[worst])}, longer than the time limit"
+                       f" {duration(limit)}: it can never commit, so the job would requeue without end; fixes: more"
+                       f" ranks per run (parallel.ranks_per_group={2 * g} with launch.tasks_per_node to match), a"
+                       f" longer launch.timeout_min, or fewer attacked examples or iterations per round"
+                       f" (checkpointing inside a round is not in the run yet)")
+        elif j.wall_s > usable:
+            need = segments(j.round_s, usable) - 1
+            if need <= plan.max_requeues:
+                notes.append(f"the job{name} runs past the time limit: about {need} requeue(s)"
+                             f" (launch.max_requeues {plan.max_requeues}), each redoing the round it cut")
+            else:
+                out.append(f"the job{name} needs about {need} requeues ({duration(j.wall_s)} at a limit of"
+                           f" {duration(limit)}) but launch.max_requeues is {plan.max_requeues}; raise it, or the"
+                           f" time limit, or use launch.array_over=seeds")
+        idle = sum(1 for grp in j.runs_by_group if not grp)
+        if idle:
+            out.append(f"{idle} of {j.groups} group(s){name} get no run (only {sum(map(len, j.runs_by_group))} runs"
+                       f" for {j.groups} groups of {g} rank(s)); fewer launch.tasks_per_node, a larger"
+                       f" parallel.ranks_per_group, or launch.array_over=none would use them")
+    return out, notes
+
+
+def warnings_for(cfg: SweepConfig, plan: Plan, runs: dict[str, RunPlan]) -> tuple[list[str], list[str]]:
+    timing, notes = time_warnings(cfg, plan)
+    warns = memory_warnings(cfg, plan) + timing
+    first = next(iter(runs.values()))
+    for rr in first.rounds[:2]:
+        for p in rr.phases:
+            if p.note.startswith("no FLOP model") and p.note not in warns:
+                warns.append(f"{p.name}: {p.note}")
+    if cfg.parallel.ranks_per_group > 1 and any(m.torch_dtype == "bfloat16" for m in cfg.models):
+        warns.append("parallel.ranks_per_group > 1 with bfloat16 models: the run sums gradients through numpy,"
+                     " which has no bfloat16 (trainer._flat_grad); expect a TypeError at the first training step")
+    if plan.device.gpu and not cfg.launch.gpus_per_node:
+        notes.append("launch.gpus_per_node is 0: `submit` would ask SLURM for no GPU; times are for"
+                     f" {plan.device.name} as stated")
+    ens = [a.name for a in cfg.attacks if a.ensemble]
+    if ens:
+        notes.append(f"ensemble {', '.join(ens)}: every size scores every size's proposals for every example (an"
+                     " upper bound: a size stops proposing once the example no longer needs it)")
+    stops = [a.name for a in cfg.attacks if getattr(a.params, "early_stop", True)]
+    if stops:
+        notes.append(f"upper bounds for {', '.join(stops)}: they stop an example at its first success"
+                     " (RandomToken always does; GCG and BEAST unless early_stop: false)")
+    if any(a.type == "gcg" for a in [*cfg.attacks, *cfg.train_attacks]):
+        counted = all(rp.tokens.tokenizer is not None for rp in runs.values())
+        notes.append("GCG candidates are counted at the share that passes the decode-then-encode filter, replayed"
+                     " with the tokenizer" if counted else "GCG is counted at its full search_width where no tokenizer"
+                     " is at hand (an upper bound: the decode-then-encode filter only drops candidates)")
+    per_rank = max((math.ceil(a.n_examples / cfg.parallel.ranks_per_group) for a in cfg.attacks), default=0)
+    if per_rank > MAX_CACHED_EXAMPLES:
+        notes.append(f"a rank leads up to {per_rank} attacked examples but keeps {MAX_CACHED_EXAMPLES} prefix"
+                     " caches: evicted prefixes are recomputed every iteration (real work the FLOP counts leave"
+                     " out); more ranks per group avoid it")
+    notes.append(plan.accuracy_how)
+    if not plan.utilisation_how.startswith("calibrated"):
+        notes.append("each round also loads and saves its model (checkpoint) at 1 GB/s; the process's start-up is"
+                     " not included (--calibrate measures both)")
+    return warns, notes
