@@ -123,14 +123,14 @@ class ModelArch:
         return DTYPES[self.dtype].itemsize
 
 
-def _config_of(m: ModelConfig, fam: FamilyConfig) -> tuple[Any, str, str]:
-    """(HF config, where it came from, path); the run's own one-line error when nothing is known."""
+def _config_of(m: ModelConfig, fam: FamilyConfig, key: str = "model") -> tuple[Any, str, str]:
+    """(HF config, where it came from, path); the run's own one-line error (naming `key`) when nothing is known."""
     r = resolve(m, fam)
     if r.builtin:
         cfg, src = builtin_hf_config(fam, r.builtin)
         return cfg, src, r.path
     try:
-        return model_config(m, fam), f"config.json of {m.name_or_path}", r.path
+        return model_config(m, fam, key, f"{key}.trust_remote_code"), f"config.json of {m.name_or_path}", r.path
     except UserError:
         shape = known_shape(m.name_or_path)
         if shape is None:
@@ -195,13 +195,15 @@ def _from_meta(cfg: Any, causal_lm: bool, trust_remote_code: bool) -> tuple[Arch
 _CACHE: dict[tuple, ModelArch] = {}
 
 
-def model_arch(m: ModelConfig, fam: FamilyConfig, causal_lm: bool = False) -> ModelArch:
-    """The classifier a run trains and attacks (or, with `causal_lm`, the LM BEAST samples from)."""
-    key = (m.name_or_path, m.revision, m.torch_dtype, causal_lm, json.dumps(fam.__dict__, sort_keys=True, default=str))
-    if key in _CACHE:
-        return _CACHE[key]
+def model_arch(m: ModelConfig, fam: FamilyConfig, causal_lm: bool = False, key: str = "model") -> ModelArch:
+    """The classifier a run trains and attacks (or, with `causal_lm`, the LM BEAST samples from); `key` names it
+    in errors."""
+    cache_key = (m.name_or_path, m.revision, m.torch_dtype, causal_lm,
+                 json.dumps(fam.__dict__, sort_keys=True, default=str))
+    if cache_key in _CACHE:
+        return _CACHE[cache_key]
     _quiet_transformers()
-    cfg, source, path = _config_of(m, fam)
+    cfg, source, path = _config_of(m, fam, key)
     written = parameter_shapes(cfg, causal_lm)
     if written is not None:
         shape, params = _from_shapes(cfg, *written, causal_lm)
@@ -215,5 +217,5 @@ def model_arch(m: ModelConfig, fam: FamilyConfig, causal_lm: bool = False) -> Mo
         largest_param=max(math.prod(p) for p in params),
         matrix_dims=[(p[0], math.prod(p) // p[0]) for p in params if len(p) >= 2],
         vector_params=sum(math.prod(p) for p in params if len(p) < 2), dtype=m.torch_dtype, path=str(path))
-    _CACHE[key] = arch
+    _CACHE[cache_key] = arch
     return arch

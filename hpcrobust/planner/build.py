@@ -26,8 +26,9 @@ from hpcrobust.planner.devices import DEFAULT_UTILISATION, Device
 from hpcrobust.planner.memory import plan_memory
 from hpcrobust.planner.result import JobPlan, Plan, SizePlan
 from hpcrobust.planner.tokens import task_tokens
+from hpcrobust.sweep.checks import check_counts
 from hpcrobust.sweep.plan import RunSpec, plan_runs
-from hpcrobust.tasks import load_task
+from hpcrobust.tasks import TaskData, load_task
 from hpcrobust.training.adversarial import equal_compute_rounds
 
 IO_BYTES_PER_S = 1e9  # loading and saving a round's checkpoint, when no calibration says otherwise
@@ -94,8 +95,10 @@ class Timer:
         return overhead + sum(self.phase(p, m) for p in rp_phases)
 
 
-def preflight(cfg: SweepConfig, archs: list[ModelArch]) -> None:
-    """`run`'s checks that need no weights and no tokenizer: every attack plug-in's own (sweep/checks.py)."""
+def preflight(cfg: SweepConfig, archs: list[ModelArch], task: TaskData) -> None:
+    """`run`'s checks that need no weights and no tokenizer (sweep/checks.py): the counts against the task, every
+    attack plug-in's own."""
+    check_counts(cfg, task)
     env = CheckEnv(cfg.models, [a.path for a in archs], [a.vocab for a in archs], cfg.family)
     for group in ("attacks", "train_attacks"):
         for i, a in enumerate(getattr(cfg, group)):
@@ -114,9 +117,9 @@ def plan_sweep(cfg: SweepConfig, overrides: list[str], opts: Options, device: De
 def _plan_sweep(cfg: SweepConfig, overrides: list[str], opts: Options, device: Device, device_how: str,
                 source: str) -> Plan:
     t0 = time.time()
-    archs = [model_arch(m, cfg.family) for m in cfg.models]
+    archs = [model_arch(m, cfg.family, key=f"models.{i}") for i, m in enumerate(cfg.models)]
     task = load_task(cfg.task)
-    preflight(cfg, archs)
+    preflight(cfg, archs, task)
     n_rounds = rounds_per_model(cfg, archs)
     accuracy = {a.label: accuracy_for(a, opts) for a in archs}
     costs = CostModel(cfg, {k: v[0] for k, v in accuracy.items()})

@@ -44,7 +44,7 @@ def _env(cfg: SweepConfig, vocabs: list[int]) -> CheckEnv:
     return CheckEnv(cfg.models, [resolve(m, cfg.family).path for m in cfg.models], vocabs, cfg.family)
 
 
-def _counts(cfg: SweepConfig, task: TaskData) -> None:
+def check_counts(cfg: SweepConfig, task: TaskData) -> None:
     """Counts of examples never exceed what the task has (nothing is silently clipped)."""
     for i, a in enumerate(cfg.attacks):
         if a.n_examples > len(task.val):
@@ -63,7 +63,7 @@ def before_work(cfg: SweepConfig) -> tuple[ResultsFile, TaskData]:
         resolve(m, cfg.family)
     vocabs = vocab_sizes(cfg)
     task = load_task(cfg.task)
-    _counts(cfg, task)
+    check_counts(cfg, task)
     env = _env(cfg, vocabs)
     for key, a in _attacks(cfg):
         for extra in a.plugin.extra_models(a, cfg.family):
