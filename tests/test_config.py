@@ -63,6 +63,9 @@ def test_science_hash_ignores_paths_and_launch_but_not_science():
     b = config_from_dict({}, ["output=b.h5"])
     c = config_from_dict({}, ["finetune.lr=0.5"])
     assert science_hash(a) == science_hash(b) != science_hash(c)
+    moved = config_from_dict({}, ["family.cache_dir=/elsewhere"])  # where the built family is kept: not science
+    assert science_hash(moved) == science_hash(b) != science_hash(config_from_dict({}, ["family.seed=1"]))
+    assert science_hash(b, {"task.path": "x"}) != science_hash(b, {"task.path": "y"}) != science_hash(b)
 
 
 def test_describe_lists_every_key():

@@ -114,6 +114,17 @@ def test_dry_run_prints_the_sbatch_script_and_writes_nothing(tiny, cli):
     assert not logs.exists() and not list(tiny.parent.glob("*.h5"))
 
 
+def test_a_boolean_sbatch_key_is_a_bare_flag(tiny, cli):
+    extra = ["launch.slurm_partition=gpu", "launch.slurm_additional_parameters={exclusive: true, contiguous: false,"
+             " mail-type: END}", f"launch.folder={tiny.parent}/logs/%j"]
+    for cmd in (["submit", "--dry-run"], ["sbatch"]):
+        proc = cli([*cmd, str(tiny), *extra], tiny.parent)
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.splitlines()
+        assert "#SBATCH --exclusive" in lines and "#SBATCH --mail-type=END" in lines, cmd
+        assert not any("True" in ln or "False" in ln or "contiguous" in ln for ln in lines if ln.startswith("#SBATCH"))
+
+
 def test_array_tasks_over_seeds_and_shards():
     cfg = config_from_dict({"output": "/r/res.h5", "seeds": [0, 1, 2, 3, 4]}, ["launch.array_over=seeds"])
     tasks = plan_tasks(cfg, ["x.y=1"])
