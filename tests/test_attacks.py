@@ -153,11 +153,13 @@ def test_bad_attack_configs(tiny, tmp_path):
     from tests.test_hf_models import _save_model
 
     folder = _save_model("gpt_neox", _tok_other(tmp_path), tmp_path / "other")
-    proc = run_cli(["run", str(tiny), f"models=[{folder}]", "attacks=[{name: b, type: beast}]"], cwd=tiny.parent)
+    proc = run_cli(["run", str(tiny), f"models=[{folder}]", "attacks=[{name: b, type: beast, n_examples: 4}]"],
+                   cwd=tiny.parent)
     assert proc.returncode == 2 and "different tokenizer" in proc.stderr and proc.stderr.count("\n") == 1
     proc = run_cli(["run", str(tiny), "attacks.1.init_string=' a b c d e f g h'"], cwd=tiny.parent)
     assert proc.returncode == 2 and "init_string gives" in proc.stderr
-    proc = run_cli(["run", str(tiny), "attacks=[{name: b, type: beast, n_iterations: 3}]"], cwd=tiny.parent)
+    proc = run_cli(["run", str(tiny), "attacks=[{name: b, type: beast, n_examples: 4, n_iterations: 3}]"],
+                   cwd=tiny.parent)
     assert proc.returncode == 2 and "must equal n_attack_tokens" in proc.stderr
     assert not list(tiny.parent.glob("*.h5"))
 
