@@ -223,8 +223,9 @@ def _assert_intact(out: Path, ref: Path, rounds: set[int]) -> None:
     assert all(_same(v, expected[k]) for k, v in vals.items())
 
 
-@pytest.mark.parametrize("step", STEPS)
-def test_a_kill_at_each_step_of_a_commit_keeps_the_file_whole(tiny, reference, step):
+@pytest.mark.parametrize("step", ["laid out", "marked", "replaced"])  # inside the copy, before and after the rename
+def test_a_kill_inside_a_commit_keeps_the_file_whole(tiny, reference, step):
+    assert step in STEPS
     cwd = tiny.parent
     _kill_inside_commit(cwd, step)
     _assert_intact(cwd / "killed.h5", reference, {0, 1, 2} if step == "replaced" else {0, 1})

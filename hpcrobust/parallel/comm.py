@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
 
 _MPI = None
+ABORT_GRACE_S = 1.0
 _LAUNCH_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "SLURM_STEP_NUM_TASKS",
                 "HYDRA_CONTROL_FD", "PMI_FD")
 
@@ -89,6 +91,7 @@ class Comm:
         sys.stdout.flush()
         sys.stderr.flush()
         if self._c is not None and self.size > 1:
+            time.sleep(ABORT_GRACE_S)  # the launcher forwards what this rank printed before it kills the job
             mpi().COMM_WORLD.Abort(code)
         os._exit(code)
 
