@@ -20,7 +20,7 @@ import yaml
 
 from hpcrobust.errors import UserError
 from hpcrobust.store import schema as S
-from hpcrobust.store.identity import NOT_SWEEP, science, sweep_key_of
+from hpcrobust.store.identity import NOT_SWEEP, flatten, science, sweep_key_of
 from hpcrobust.store.results import ResultsFile, committed_id, is_committed
 from hpcrobust.store.schema import RUNS, TRANSFER, decode_text
 
@@ -64,20 +64,6 @@ class Results:
 def sweep_science(config: dict) -> dict:
     """The stored config minus seeds, models and what does not change the numbers (store/identity.py)."""
     return science(config, NOT_SWEEP)
-
-
-def flatten(d, prefix: str = "") -> dict[str, str]:
-    """{'a.b.c': 'value'}; lists of named mappings (attacks) are keyed by name."""
-    out: dict[str, str] = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-    elif isinstance(d, list) and d and all(isinstance(v, dict) for v in d):
-        for i, v in enumerate(d):
-            out.update(flatten(v, f"{prefix}{v.get('name', i)}."))
-    else:
-        out[prefix[:-1]] = str(d)
-    return out
 
 
 def _label_sweeps(sweeps: list[Sweep]) -> None:

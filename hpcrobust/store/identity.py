@@ -54,6 +54,20 @@ def science(config: dict, drop: tuple[str, ...] = NOT_SCIENCE) -> dict:
     return d
 
 
+def flatten(d: Any, prefix: str = "") -> dict[str, str]:
+    """{'a.b.c': 'value'}; lists of named mappings (attacks) are keyed by name, other lists are one value."""
+    out: dict[str, str] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(d, list) and d and all(isinstance(v, dict) for v in d):
+        for i, v in enumerate(d):
+            out.update(flatten(v, f"{prefix}{v.get('name', i)}."))
+    else:
+        out[prefix[:-1]] = str(d)
+    return out
+
+
 def _digest(d: dict, n: int) -> str:
     return hashlib.sha256(yaml.safe_dump(d, sort_keys=True).encode()).hexdigest()[:n]
 
@@ -68,14 +82,7 @@ def science_hash_of(config: dict, inputs: dict[str, str] | None = None) -> str:
 
 def differences(old_config: dict, old_inputs: dict, config: dict, inputs: dict, most: int = 3) -> list[str]:
     """The first few science keys (or inputs) in which two sweeps differ, for a refusal that says why."""
-    def flat(d, prefix=""):
-        if isinstance(d, dict):
-            return {k2: v2 for k, v in d.items() for k2, v2 in flat(v, f"{prefix}{k}.").items()}
-        if isinstance(d, list):
-            return {k2: v2 for i, v in enumerate(d) for k2, v2 in flat(v, f"{prefix}{i}.").items()}
-        return {prefix[:-1]: d}
-
-    a, b = flat(science(old_config)), flat(science(config))
+    a, b = flatten(science(old_config)), flatten(science(config))
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     changed = sorted(k for k in set(old_inputs) | set(inputs) if old_inputs.get(k) != inputs.get(k))
     keys += [f"the contents of {k}" for k in changed]

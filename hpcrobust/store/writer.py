@@ -28,7 +28,8 @@ def mpio_available() -> bool:
     return bool(h5py.get_config().mpi)
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file or a folder (its entries) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -47,9 +48,9 @@ def _prepare_tmp(path: Path, tmp: Path, header: dict) -> None:
 
 
 def _finish(tmp: Path, path: Path) -> None:
-    _fsync_path(tmp)
+    fsync_path(tmp)
     os.replace(tmp, path)
-    _fsync_path(path.parent)
+    fsync_path(path.parent)
 
 
 def _layout(f: h5py.File, meta: dict) -> None:

@@ -13,12 +13,12 @@ import json
 import os
 import shutil
 from dataclasses import replace
-from pathlib import Path
 
 from hpcrobust.models.classifier import Classifier
 from hpcrobust.models.config import model_label
 from hpcrobust.models.loading import load_classifier, save_classifier
 from hpcrobust.store.results import ResultsFile
+from hpcrobust.store.writer import fsync_path
 from hpcrobust.sweep.context import SweepContext
 from hpcrobust.sweep.plan import RunSpec
 from hpcrobust.training.pool import Pool
@@ -35,14 +35,6 @@ def missing_files(results: ResultsFile, run_key: str, rnd: int) -> list[str]:
     if not any(folder.glob("*.safetensors")):  # one file, or shards of a large model
         missing.append("the weights (*.safetensors)")
     return missing
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_model(ctx: SweepContext, run: RunSpec, rnd: int) -> Classifier:
@@ -74,8 +66,8 @@ def save(ctx: SweepContext, clf: Classifier, run: RunSpec, rnd: int, pool: Pool,
     pool.save(tmp / POOL_FILE)
     (tmp / STATE_FILE).write_text(json.dumps({"defense_flops_cum": int(defense_cum)}))
     for p in tmp.iterdir():
-        _fsync(p)
-    _fsync(tmp)
+        fsync_path(p)
+    fsync_path(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    _fsync(final.parent)
+    fsync_path(final.parent)

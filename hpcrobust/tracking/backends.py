@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcrobust.errors import UserError
+from hpcrobust.store.identity import flatten
 from hpcrobust.tracking.records import RoundRecord
 
 RUN_TAG = "hpcrobust_run_id"
@@ -30,20 +31,6 @@ class RunInfo:
     tracker_id: str  # stable across resumes (records.tracker_run_id)
     display: str  # <name>/<run>
     group: str  # the experiment
-
-
-def flatten(d, prefix: str = "") -> dict[str, str]:
-    """{'a.b': 'value'}; lists of named mappings (attacks) are keyed by name, other lists by index."""
-    out: dict[str, str] = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-    elif isinstance(d, list) and d and all(isinstance(v, dict) for v in d):
-        for i, v in enumerate(d):
-            out.update(flatten(v, f"{prefix}{v.get('name', i)}."))
-    else:
-        out[prefix[:-1]] = str(d)
-    return out
 
 
 class WandbBackend:
