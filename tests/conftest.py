@@ -33,6 +33,12 @@ def mpiexec() -> str:
     return found
 
 
+def quickstart_cache() -> Path:
+    """The real (default) family recipe's cache, outside the test tree so that CI builds it once for every test
+    that needs the default family (the quickstart, the example configs)."""
+    return Path(os.environ.get("HPCROBUST_QUICKSTART_CACHE", str(Path.home() / ".cache" / "hpcrobust")))
+
+
 def run_cli(args: list[str], ranks: int = 0, cwd: Path | None = None, timeout: float = 600,
             env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = hpcrobust_cmd() + args

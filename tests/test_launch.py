@@ -23,7 +23,7 @@ from hpcrobust.launch.sbatch import Lines, render
 from hpcrobust.parallel.comm import Comm
 from hpcrobust.store.reader import committed_rounds
 from hpcrobust.sweep.hooks import Hooks
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, quickstart_cache, run_cli
 
 # one run, round 0 only, one thread (no oversubscription on a shared machine): a few seconds
 MINIMAL = ["seeds=[0]", "models=[builtin:xs]", "attacks=[]", "parallel.threads_per_rank=1"]
@@ -224,13 +224,14 @@ def test_sbatch_quotes_the_config_and_keeps_time_strings(tiny, cli):
 
 def test_gpu_example_config_renders_one_rank_per_gpu(tmp_path, cli):
     example = Path(__file__).resolve().parents[1] / "configs" / "slurm_gpu_example.yaml"
-    proc = cli(["submit", "--dry-run", str(example), f"launch.folder={tmp_path}/logs/%j"], tmp_path)
+    cache = f"family.cache_dir={quickstart_cache()}"  # submit checks tokenizers: the default family, built once
+    proc = cli(["submit", "--dry-run", str(example), f"launch.folder={tmp_path}/logs/%j", cache], tmp_path)
     assert proc.returncode == 0, proc.stderr
     for line in ("#SBATCH --partition=gpu", "#SBATCH --account=my_project", "#SBATCH --gpus-per-node=4",
                  "#SBATCH --ntasks-per-node=4", "#SBATCH --time=480", "#SBATCH --signal=USR2@300",
                  "#SBATCH --array=0-3%4"):
         assert line in proc.stdout, line
-    proc = cli(["sbatch", str(example), "launch.array_over=none"], tmp_path)
+    proc = cli(["sbatch", str(example), "launch.array_over=none", cache], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "#SBATCH --gpus-per-node=4" in proc.stdout and "--mpi=pmi2" in proc.stdout
 

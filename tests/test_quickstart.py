@@ -4,7 +4,6 @@ builds, fine-tunes and adversarially trains the real quickstart sizes."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from hpcrobust.store.reader import load, load_attacks
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, quickstart_cache, run_cli
 from tests.h5compare import assert_same
 
 pytestmark = pytest.mark.slow
@@ -28,8 +27,7 @@ def quickstart_dir(tmp_path_factory) -> Path:
 
 
 def _env() -> dict:
-    # The real (default) family recipe, cached outside the test tree so CI builds it once.
-    return {"HPCROBUST_CACHE": os.environ.get("HPCROBUST_QUICKSTART_CACHE", str(Path.home() / ".cache" / "hpcrobust"))}
+    return {"HPCROBUST_CACHE": str(quickstart_cache())}
 
 
 def test_quickstart_meets_its_targets(quickstart_dir):
