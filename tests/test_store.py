@@ -108,9 +108,9 @@ def test_a_commit_keeps_the_files_permissions(tmp_path):
 def test_existing_file_checks(tmp_path):
     out = tmp_path / "r.h5"
     _commit(out, [_rec("run0", 0, 0.9)])
-    ResultsFile(out).check_writable_by("abc")
+    ResultsFile(out).check_same_sweep("abc")
     with pytest.raises(UserError, match="different config"):
-        ResultsFile(out).check_writable_by("other")
+        ResultsFile(out).check_same_sweep("other")
     with pytest.raises(UserError, match="not an hpcrobust results file"):
         other = tmp_path / "o.h5"
         with h5py.File(other, "w") as f:

@@ -105,10 +105,6 @@ class ResultsFile:
                 why = f" ({', '.join(keys)} differ)" if keys else ""
             raise UserError(f"output {self.path} holds a sweep with a different config{why}; choose another output")
 
-    def check_writable_by(self, science_hash: str) -> None:
-        self.check_place()
-        self.check_same_sweep(science_hash)
-
     def _check_folder_writable(self) -> None:
         """Commits create a temporary sibling and rename it, so the folder must take a new file (checked by
         making and removing one: permission bits say nothing for root, or on a read-only mount)."""
