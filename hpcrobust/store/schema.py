@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 FORMAT = "hpcrobust-results"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2: asr_current, early_stop, pretrain_n/pretrain_tokens, n_dropped_*
 
 RUNS = "runs"
 ROUNDS = "rounds"
@@ -69,9 +69,20 @@ N_CLEAN = _declare(ROUND_SCALARS, "n_clean", "clean examples in this round's tra
 WALL_TIME = _declare(ROUND_SCALARS, "wall_time", "seconds this round took (not compared across rank counts)")
 N_PARAMS = _declare(ROUND_SCALARS, "n_params", "parameters of the classifier (N of the FLOP convention)")
 PRETRAIN_FLOPS = _declare(ROUND_SCALARS, "pretrain_flops", "6·N·D of pretraining (NaN if unknown)")
+PRETRAIN_N = _declare(ROUND_SCALARS, "pretrain_n", "N of 6·N·D: the reference's parameter count of the pretrained"
+                      " model (NaN if unknown)")
+PRETRAIN_TOKENS = _declare(ROUND_SCALARS, "pretrain_tokens", "D of 6·N·D: pretraining tokens (NaN if unknown)")
+N_DROPPED_TRAIN = _declare(ROUND_SCALARS, "n_dropped_train", "training examples dropped as longer than the"
+                           " context (never truncated)")
+N_DROPPED_VAL = _declare(ROUND_SCALARS, "n_dropped_val", "validation examples dropped as longer than the context")
 
-ASR = _declare(ATTACK_ARRAYS, "asr", "[n_iterations+1] attack success rate after each iteration (index 0: before"
-               " any), over examples correct before the attack")
+ASR = _declare(ATTACK_ARRAYS, "asr", "[n_iterations+1] share of the examples correct before the attack that"
+               " flipped at or before each iteration (index 0: the initial string)")
+ASR_CURRENT = _declare(ATTACK_ARRAYS, "asr_current", "[n_iterations+1] the reference's ASR: share of the examples"
+                       " correct before the attack whose current candidate at iteration t is misclassified"
+                       " (index 0: 0 by definition)")
+EARLY_STOP = _declare(ATTACK_ARRAYS, "early_stop", "1 when examples stopped at their first success (a speed"
+                      " option; the reference runs every iteration)")
 CORRECT_BEFORE = _declare(ATTACK_ARRAYS, "correct_before", "[n_examples] bool: classified correctly without the"
                           " attack")
 FIRST_SUCCESS = _declare(ATTACK_ARRAYS, "first_success", "[n_examples] iteration of the first label flip"
