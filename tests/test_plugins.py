@@ -108,7 +108,7 @@ def test_the_training_attack_schedule_is_not_the_users_to_set():
     (["models.0.revision=main"], "models.0.revision: built-in sizes have no revisions"),
     (["train_attacks=[{name: t, type: gcg, ensemble: true}]", "advtrain.rounds=1", "advtrain.attack=t"],
      "ensemble is an evaluation option"),
-    (["attacks=[{name: r, type: random_token, early_stop: false}]"], "unknown key 'attacks.0.early_stop'"),
+    (["attacks=[{name: r, type: random_token, search_width: 4}]"], "unknown key 'attacks.0.search_width'"),
 ])
 def test_keys_that_would_do_nothing_are_refused_in_one_line(tiny, overrides, needle):
     proc = run_cli(["run", str(tiny), *overrides], cwd=tiny.parent)

@@ -40,6 +40,7 @@ class ExampleState:
     done: bool = False
     first_success: int = -1
     best_loss: float = float("inf")
+    now_flipped: bool = False  # the current candidate is misclassified (the reference's per-iteration success)
     extra: dict = field(default_factory=dict)
 
 
@@ -56,6 +57,8 @@ class AttackResult:
     flops_actual: np.ndarray
     wall_time: float
     final_loss: np.ndarray
+    asr_current: np.ndarray  # [n_iterations+1] the reference's ASR (see current_asr)
+    early_stop: bool = False
     attrs: dict = field(default_factory=dict)
 
 
@@ -66,6 +69,18 @@ def asr_curve(first_success: np.ndarray, correct_before: np.ndarray, n_iteration
     first = np.asarray(first_success)
     return np.array([((first >= 0) & (first <= t)).sum() / n_ok if n_ok else np.nan
                      for t in range(n_iterations + 1)])
+
+
+def current_asr(hits: np.ndarray, correct_before: np.ndarray) -> np.ndarray:
+    """[n_iterations+1] the reference's ASR: at iteration t, the share of the examples classified correctly
+    before the attack whose current candidate is misclassified. `hits` is [n_examples, n_iterations+1];
+    iteration 0 is 0 by definition, as in the reference (no attack has run yet)."""
+    ok = np.asarray(correct_before, dtype=bool)
+    if not ok.any():
+        return np.full(hits.shape[1], np.nan)
+    out = hits[ok].mean(axis=0)
+    out[0] = 0.0
+    return out
 
 
 @dataclass
@@ -144,7 +159,7 @@ class Attack(ABC):
 
     @property
     def stops_early(self) -> bool:
-        return bool(getattr(self.p, "early_stop", True))
+        return bool(getattr(self.p, "early_stop", False))
 
     @property
     def n_iterations(self) -> int:
@@ -170,9 +185,15 @@ class Attack(ABC):
         """Lead only, before step 0: candidates to score as iteration 0 (e.g. GCG's initial string)."""
         return None
 
+    def current_flips(self, st: ExampleState, its: range) -> list[bool]:
+        """Whether the candidate current at each iteration of `its` is misclassified; an attack whose step
+        covers several iterations (RandomToken) says per iteration."""
+        return [st.now_flipped] * len(its)
+
     def update_setup(self, st: ExampleState, cands: np.ndarray, sc: Scores) -> None:
         best = int(np.argmin(sc.losses))
         st.best_loss = float(sc.losses[best])
+        st.now_flipped = bool(sc.flipped[best])
         if sc.flipped[best]:
             st.first_success = 0
             st.done = self.stops_early
@@ -234,6 +255,8 @@ def run_attack(attack: Attack, engine: ScoringEngine, group: Comm, examples: lis
             buckets[it].add(FlopCount(spent.nominal // n + (k < spent.nominal % n),
                                       spent.actual // n + (k < spent.actual % n)))
 
+    hits = np.zeros((len(states), n_it + 1), dtype=bool)  # current candidate misclassified, per iteration
+    reached = np.zeros(len(states), dtype=np.int64)  # last iteration recorded in `hits`
     for st in states:
         attack.start(st)
         if not correct_before[st.i]:
@@ -261,9 +284,12 @@ def run_attack(attack: Attack, engine: ScoringEngine, group: Comm, examples: lis
         cands = {st.i: attack.propose(st, step, engine) for st in running if st.i % g == me}
         cands = share_indexed(group, cands)
         scores = _score_round(engine, group, states, cands)
+        its = attack.step_iterations(step)
         for st in running:
             attack.update(st, step, cands[st.i], scores[st.i])
-        charge(start, attack.step_iterations(step))
+            hits[st.i, its.start:its.stop] = attack.current_flips(st, its)
+            reached[st.i] = its.stop - 1
+        charge(start, its)
 
     if g > 1 and not ranks_agree(group, _digest(states)):
         raise RuntimeError(f"ranks of a group diverged in attack {attack.cfg.name}")
@@ -271,6 +297,8 @@ def run_attack(attack: Attack, engine: ScoringEngine, group: Comm, examples: lis
     for part in group.allgather(buckets):
         for t, c in zip(totals, part, strict=True):
             t.add(c)
+    for st in states:  # an example that stopped keeps its last candidate for the remaining iterations
+        hits[st.i, reached[st.i] + 1:] = st.now_flipped
     first = np.array([st.first_success for st in states], dtype=np.int64)
     asr = asr_curve(first, correct_before, n_it)
     tok = engine.clf.tokenizer
@@ -282,4 +310,5 @@ def run_attack(attack: Attack, engine: ScoringEngine, group: Comm, examples: lis
         flops_nominal=np.array([t.nominal for t in totals], dtype=np.float64),
         flops_actual=np.array([t.actual for t in totals], dtype=np.float64),
         wall_time=group.allreduce_max(time.time() - t0),
-        final_loss=np.array([st.best_loss for st in states], dtype=np.float64))
+        final_loss=np.array([st.best_loss for st in states], dtype=np.float64),
+        asr_current=current_asr(hits, correct_before), early_stop=attack.stops_early)

@@ -6,7 +6,8 @@ sampler LM's next-token distribution after the prompt. Every later iteration sam
 and keeps the k1 best as the new beams; the suffix grows by one token per iteration. The sampler
 keeps each beam's keys/values from one iteration to the next (reordered to the surviving beams),
 so it only ever runs the one new token per beam. Sampling is without replacement (Gumbel top-k)
-from a stream keyed by (seed, run, round, attack, example, iteration).
+from a stream keyed by (seed, run, round, attack, example, iteration). The attack's result is the
+best candidate seen at any iteration (lowest loss), not the last beam's best.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from transformers import DynamicCache
 
 from hpcrobust.attacks.base import Attack, AttackEnv, CheckEnv, ExampleState
-from hpcrobust.attacks.config import AttackConfig, EarlyStopParams
+from hpcrobust.attacks.config import AttackConfig, TokenAttackParams
 from hpcrobust.attacks.engine import Scores, ScoringEngine
 from hpcrobust.attacks.registry import register_attack
 from hpcrobust.errors import UserError
@@ -32,7 +33,7 @@ from hpcrobust.rng import stream
 
 
 @dataclass
-class BeastParams(EarlyStopParams):
+class BeastParams(TokenAttackParams):
     beam_width: int = setting(8, lo=1, hi=10**4, doc="beams kept (k1)")
     branching: int = setting(8, lo=1, hi=10**4, doc="tokens sampled per beam (k2)")
     sampler: str = setting("", doc="causal LM that proposes tokens (default: smallest built-in size)")
@@ -87,7 +88,7 @@ class Beast(Attack):
 
     def __init__(self, cfg: AttackConfig, seed: int, key: tuple, tokenizer, sampler_factory) -> None:
         super().__init__(cfg, seed, key)
-        self.allowed = allowed_tokens(tokenizer, ascii_only=True)
+        self.allowed = allowed_tokens(tokenizer, ascii_only=self.p.ascii_only)
         self.sampler_factory = sampler_factory  # meter -> Sampler; loaded on first use (leads only)
         self.meter = FlopMeter()
         self._sampler: Sampler | None = None
@@ -182,7 +183,9 @@ class Beast(Attack):
         st.extra["parents"] = (keep // per_beam).astype(np.int64) if width else np.zeros(len(keep), np.int64)
         st.extra["beams"] = cands[keep]
         best = int(order[0])
-        st.best_loss, st.tokens = float(sc.losses[best]), cands[best].copy()
+        if float(sc.losses[best]) < st.best_loss:  # best seen so far (ties keep the earlier, shorter one)
+            st.best_loss, st.tokens = float(sc.losses[best]), cands[best].copy()
+            st.now_flipped = bool(sc.flipped[best])
         if sc.flipped[best] and st.first_success < 0:
             st.first_success = step + 1
             st.done = self.stops_early

@@ -24,10 +24,15 @@ class AttackParams:
 
 
 @dataclass
-class EarlyStopParams(AttackParams):
-    """For attacks that can either stop an example at its first success or run every iteration."""
+class TokenAttackParams(AttackParams):
+    """Keys of the built-in token attacks. The defaults are the reference's: every iteration runs on every
+    example (stopping early shrinks the compute axis and leaves training examples barely adversarial), and
+    any token but the special ones may be used."""
 
-    early_stop: bool = setting(True, doc="stop an example once its label flips")
+    early_stop: bool = setting(False, doc="stop an example once its label flips (a speed option; the reference"
+                               " runs every iteration)")
+    ascii_only: bool = setting(False, doc="only tokens that decode to printable ASCII (the reference excludes only"
+                               " special tokens)")
 
 
 @dataclass

@@ -3,8 +3,9 @@ multi-model attack).
 
 Per example and iteration, every size proposes GCG swaps from its own gradient; the proposals are
 exchanged (allgather), every size scores all of them on its own model, and the losses are summed
-across sizes in run order. Every size then adopts the same best candidate. An example stops once
-the shared string flips every size that classified it correctly; ASR is recorded per size.
+across sizes in run order. Every size then adopts the same best candidate (or, with a buffer, the
+best so far). With `early_stop`, an example stops once the shared string flips every size that
+classified it correctly; ASR is recorded per size.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hpcrobust.attacks.base import AttackResult, asr_curve
+from hpcrobust.attacks.base import AttackResult, asr_curve, current_asr
 from hpcrobust.attacks.config import AttackConfig
 from hpcrobust.attacks.engine import ScoringEngine
 from hpcrobust.attacks.evaluate import EvalSet
@@ -49,6 +50,7 @@ def run_ensemble_gcg(a: AttackConfig, members: list[Member], world: Comm, seed: 
     first = {m.index: np.full(n_ex, -1, dtype=np.int64) for m in members}
     finals = [init.copy() for _ in range(n_ex)]
     losses_final = {m.index: np.full(n_ex, np.inf) for m in members}
+    hits = {m.index: np.zeros((n_ex, n_it + 1), dtype=bool) for m in members}  # current string flips the size
     flops = {m.index: [FlopCount() for _ in range(n_it + 1)] for m in mine}
 
     def charge(it: int, starts: dict[int, FlopCount]) -> None:
@@ -78,12 +80,15 @@ def run_ensemble_gcg(a: AttackConfig, members: list[Member], world: Comm, seed: 
         buf = Buffer(a.params.buffer_size)
         buf.offer(sum(float(res[i][0][0]) for i in order), init)
         current = init.copy()
+        now = {i: bool(res[i][1][0]) for i in order}
         for i in order:
             losses_final[i][k] = float(res[i][0][0])
             if res[i][1][0]:
                 first[i][k] = 0
         for it in range(1, n_it + 1):
             if a.params.early_stop and all(first[i][k] >= 0 for i in order):
+                for i in order:  # the string stays: so does its success
+                    hits[i][k, it:] = now[i]
                 break
             starts = {m.index: m.clf.meter.total.snapshot() for m in mine}
             proposals = {}
@@ -101,10 +106,14 @@ def run_ensemble_gcg(a: AttackConfig, members: list[Member], world: Comm, seed: 
             best = int(np.argmin(combined))
             buf.offer(float(combined[best]), cands[best])
             current = buf.best()[1]
+            moved = np.array_equal(current, cands[best])
             for i in order:
                 if res[i][1][best] and first[i][k] < 0:
                     first[i][k] = it
-                losses_final[i][k] = float(res[i][0][best])
+                if moved:
+                    now[i] = bool(res[i][1][best])
+                    losses_final[i][k] = float(res[i][0][best])
+                hits[i][k, it] = now[i]
             charge(it, starts)
         finals[k] = current
     all_flops = allgather_records(world, {i: f for i, f in flops.items()})
@@ -119,5 +128,6 @@ def run_ensemble_gcg(a: AttackConfig, members: list[Member], world: Comm, seed: 
             tokens=[finals[k] for k in range(n_ex)], texts=[tok.decode(finals[k].tolist()) for k in range(n_ex)],
             example_index=np.arange(n_ex), flops_nominal=np.array([c.nominal for c in fl], dtype=np.float64),
             flops_actual=np.array([c.actual for c in fl], dtype=np.float64), wall_time=wall,
-            final_loss=losses_final[m.index], attrs={"ensemble": 1, "members": ",".join(x.key for x in members)})
+            final_loss=losses_final[m.index], asr_current=current_asr(hits[m.index], m.correct[:n_ex]),
+            early_stop=bool(a.params.early_stop), attrs={"ensemble": 1, "members": ",".join(x.key for x in members)})
     return out

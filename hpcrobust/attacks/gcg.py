@@ -3,8 +3,9 @@
 Each iteration: the gradient of the wrong-label loss with respect to the one-hot attack tokens
 gives the top-k replacement tokens per position; `search_width` candidates each swap `n_replace`
 positions to one of those; candidates whose text does not re-tokenize to the same ids are
-dropped; the engine scores the rest; a best-so-far buffer keeps the next starting point. An
-example stops as soon as its label flips.
+dropped; the engine scores the rest, and the best of the batch is the next string, even when it
+is worse than the last one (the reference's and nanoGCG's default). `buffer_size` >= 1 keeps a
+best-so-far buffer instead; `early_stop` stops an example once its label flips.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from hpcrobust.attacks.base import Attack, AttackEnv, CheckEnv, ExampleState
-from hpcrobust.attacks.config import AttackConfig, EarlyStopParams, TrainAttackConfig
+from hpcrobust.attacks.config import AttackConfig, TokenAttackParams, TrainAttackConfig
 from hpcrobust.attacks.engine import Scores, ScoringEngine, wrong_label_loss
 from hpcrobust.attacks.registry import register_attack
 from hpcrobust.errors import UserError
@@ -25,11 +26,12 @@ from hpcrobust.rng import stream
 
 
 @dataclass
-class GCGParams(EarlyStopParams):
+class GCGParams(TokenAttackParams):
     search_width: int = setting(128, lo=1, hi=10**6, doc="candidates per iteration")
     topk: int = setting(256, lo=1, hi=10**7, doc="tokens kept per position from the gradient")
     n_replace: int = setting(1, lo=1, hi=4096, doc="tokens swapped per candidate")
-    buffer_size: int = setting(1, lo=1, hi=10**6, doc="best-so-far buffer")
+    buffer_size: int = setting(0, lo=0, hi=10**6, doc="best-so-far buffer (0: move to the best candidate of each"
+                               " batch, as the reference)")
     init_string: str = setting("", doc="initial attack text (default ' x' repeated)")
     ensemble: bool = setting(False, doc="one suffix for all sizes of a seed, losses summed across sizes"
                              " (evaluation attacks only)")
@@ -67,21 +69,29 @@ def token_gradient(engine: ScoringEngine, key: int, enc, tokens: np.ndarray) -> 
 
 
 class Buffer:
-    """Best-so-far attack strings, lowest loss first."""
+    """The strings the next iteration starts from, lowest loss first. Size 0 keeps only the latest offer
+    (the best of the last batch), so the attack may move to a worse string; size k >= 1 keeps the k best
+    seen so far."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.items: list[tuple[float, np.ndarray]] = []
+        self.items: list[tuple[float, np.ndarray, bool]] = []
 
-    def offer(self, loss: float, tokens: np.ndarray) -> None:
-        if len(self.items) < self.size or loss < self.items[-1][0]:
+    def offer(self, loss: float, tokens: np.ndarray, flipped: bool = False) -> None:
+        if self.size == 0:
+            self.items = [(loss, tokens.copy(), flipped)]
+        elif len(self.items) < self.size or loss < self.items[-1][0]:
             if len(self.items) >= self.size:
                 self.items.pop()
-            self.items.append((loss, tokens.copy()))
+            self.items.append((loss, tokens.copy(), flipped))
             self.items.sort(key=lambda x: x[0])
 
     def best(self) -> tuple[float, np.ndarray]:
         return self.items[0][0], self.items[0][1].copy()
+
+    @property
+    def best_flipped(self) -> bool:
+        return self.items[0][2]
 
 
 class SwapSampler:
@@ -91,7 +101,7 @@ class SwapSampler:
         self.p = p
         self.tokenizer = tokenizer
         self.blocked = np.ones(len(tokenizer), dtype=bool)
-        self.blocked[allowed_tokens(tokenizer, ascii_only=True)] = False
+        self.blocked[allowed_tokens(tokenizer, ascii_only=p.ascii_only)] = False
 
     def candidates(self, grad: torch.Tensor, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         g = grad.float().cpu().numpy()
@@ -149,7 +159,7 @@ class GCG(Attack):
 
     def update_setup(self, st: ExampleState, cands: np.ndarray, sc: Scores) -> None:
         super().update_setup(st, cands, sc)
-        st.extra["buffer"].offer(float(sc.losses[0]), cands[0])
+        st.extra["buffer"].offer(float(sc.losses[0]), cands[0], bool(sc.flipped[0]))
 
     def propose(self, st: ExampleState, step: int, engine: ScoringEngine) -> np.ndarray:
         grad = token_gradient(engine, st.i, st.enc, st.tokens)
@@ -159,9 +169,11 @@ class GCG(Attack):
         best = int(np.argmin(sc.losses))
         loss = float(sc.losses[best])
         buf: Buffer = st.extra["buffer"]
-        buf.offer(loss, cands[best])
+        buf.offer(loss, cands[best], bool(sc.flipped[best]))
         st.best_loss, st.tokens = buf.best()
+        st.now_flipped = buf.best_flipped
         if sc.flipped[best] and st.first_success < 0:
             st.first_success = step + 1
-            st.tokens, st.best_loss = cands[best].copy(), loss
-            st.done = self.stops_early
+            if self.stops_early:  # keep the string that flipped, even if a buffer holds one with lower loss
+                st.tokens, st.best_loss, st.now_flipped = cands[best].copy(), loss, True
+                st.done = True

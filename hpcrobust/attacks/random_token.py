@@ -2,8 +2,9 @@
 
 One candidate per iteration, drawn from a stream keyed by (seed, round, attack, example,
 iteration) and not by model, so every model size scores exactly the same candidates. Iterations
-are scored `score_chunk` at a time; an example stops after the chunk in which it first succeeds,
-and its recorded success is the first iteration that flipped, so the ASR curve never falls.
+are scored `score_chunk` at a time. As in the reference, every iteration is scored and counted;
+once an example has succeeded its first success stays its result, so the ASR curve never falls.
+`early_stop` instead stops an example after the chunk in which it first succeeds.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from hpcrobust.attacks.base import Attack, AttackEnv, ExampleState
-from hpcrobust.attacks.config import AttackConfig
+from hpcrobust.attacks.config import AttackConfig, TokenAttackParams
 from hpcrobust.attacks.engine import Scores, ScoringEngine
 from hpcrobust.attacks.registry import register_attack
 from hpcrobust.models.vocab import allowed_tokens
@@ -25,12 +26,14 @@ def draw(allowed: np.ndarray, seed: int, key: tuple, n_tokens: int, example: int
 
 @register_attack("random_token")
 class RandomToken(Attack):
-    """No parameters of its own: one candidate per iteration, and an example always stops at its first success."""
+    """One candidate per iteration; only the keys every token attack has."""
+
+    Params = TokenAttackParams
 
     def __init__(self, cfg: AttackConfig, seed: int, key: tuple, tokenizer, chunk: int,
                  table: np.ndarray | None = None) -> None:
         super().__init__(cfg, seed, key)
-        self.allowed = allowed_tokens(tokenizer, ascii_only=False)
+        self.allowed = allowed_tokens(tokenizer, ascii_only=self.p.ascii_only)
         self.chunk = chunk
         self.table = table  # [example, iteration, token], broadcast by world rank 0 (see candidate_table)
 
@@ -63,6 +66,8 @@ class RandomToken(Attack):
         return self.candidates(st.example, self.step_iterations(step))
 
     def update(self, st: ExampleState, step: int, cands: np.ndarray, sc: Scores) -> None:
+        if st.first_success >= 0:
+            return  # the first success stays the result
         its = self.step_iterations(step)
         hits = np.flatnonzero(sc.flipped)
         pick = int(hits[0]) if len(hits) else int(np.argmin(sc.losses))
@@ -70,4 +75,8 @@ class RandomToken(Attack):
             st.best_loss = float(sc.losses[pick])
             st.tokens = cands[pick].copy()
         if len(hits):
-            st.done, st.first_success = True, its[pick]
+            st.first_success, st.now_flipped = its[pick], True
+            st.done = self.stops_early
+
+    def current_flips(self, st: ExampleState, its: range) -> list[bool]:
+        return [0 <= st.first_success <= it for it in its]

@@ -23,7 +23,9 @@ from hpcrobust.parallel.comm import Comm
 @dataclass
 class Source:
     key: str
-    tokens: list[np.ndarray]  # final attack tokens per attacked example (empty: not attacked)
+    tokens: list[np.ndarray]  # final attack tokens per example
+    attacked: np.ndarray  # [n_examples] bool: the source classified the example correctly, so attacked it
+    # (an example it already got wrong holds only the attack's initial string, e.g. GCG's filler)
 
 
 @dataclass
@@ -47,7 +49,7 @@ def transfer_counts(a: AttackConfig, sources: list[Source], targets: list[Target
             if not t.correct[k]:
                 continue
             enc = data.encode(a, t.clf.tokenizer, k)
-            rows = [(s.key, s.tokens[k]) for s in sources if len(s.tokens[k])]
+            rows = [(s.key, s.tokens[k]) for s in sources if s.attacked[k] and len(s.tokens[k])]
             for length in sorted({len(r) for _, r in rows}):  # one batch per attack length (BEAST varies)
                 group = [(key, r) for key, r in rows if len(r) == length]
                 sc = engine.score_all(k, enc, np.stack([r for _, r in group]))

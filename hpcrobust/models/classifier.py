@@ -13,10 +13,11 @@ from torch import nn
 from transformers import DynamicCache
 
 from hpcrobust.models.flops import ArchShape, FlopCount, FlopMeter, arch_shape, forward_flops
+from hpcrobust.models.pretrain import UNKNOWN, Pretraining
 
 
 class Classifier:
-    def __init__(self, hf_model: nn.Module, tokenizer, name: str, pretrain_flops: float = 0.0) -> None:
+    def __init__(self, hf_model: nn.Module, tokenizer, name: str, pretraining: Pretraining = UNKNOWN) -> None:
         self.model = hf_model
         self.tokenizer = tokenizer
         self.name = name
@@ -27,11 +28,15 @@ class Classifier:
         self.head = head
         self.shape: ArchShape = arch_shape(hf_model, self.backbone, head)
         self.meter = FlopMeter()
-        self.pretrain_flops = pretrain_flops
+        self.pretraining = pretraining
         params = inspect.signature(self.backbone.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     # ------------------------------------------------------------ properties
+    @property
+    def pretrain_flops(self) -> float:
+        return self.pretraining.flops
+
     @property
     def n_params(self) -> int:
         return self.shape.n_params

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,9 @@ from hpcrobust.models import family
 from hpcrobust.models.classifier import Classifier
 from hpcrobust.models.config import FamilyConfig, ModelConfig, model_label
 from hpcrobust.models.determinism import make_thread_invariant
+from hpcrobust.models.pretrain import Pretraining, public_family
 from hpcrobust.rng import torch_generator
 
-# Tokens each public family was pretrained on, for 6·N·D when a config gives no pretraining compute.
-KNOWN_PRETRAIN_TOKENS = {"pythia": 299_892_736_000, "qwen2.5": 18e12, "qwen2": 7e12}
 META_FILE = "hpcrobust_model.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -100,20 +98,19 @@ def load_tokenizer(path: str, m: ModelConfig):
     return tok
 
 
-def pretrain_flops(m: ModelConfig, r: Resolved, fam: FamilyConfig, hf_config, n_params_lm: int) -> float:
+def pretraining(m: ModelConfig, r: Resolved, fam: FamilyConfig, hf_config, n_backbone: int,
+                n_embedding: int) -> Pretraining:
+    """The config's value, the built-in size's measured one, a checkpoint's stored one, or the reference's
+    rule for a public family (models/pretrain.py)."""
     if m.pretrain_flops > 0:
-        return m.pretrain_flops
+        return Pretraining(m.pretrain_flops, source="config")
     if r.builtin:
-        return float(family.size_info(fam, r.builtin)["pretrain_flops"])
+        info = family.size_info(fam, r.builtin)
+        return Pretraining.of(info["n_params_lm"], info["pretrain_tokens"], "built-in family: measured")
     meta = Path(r.path) / META_FILE
     if meta.is_file():
-        return float(json.loads(meta.read_text()).get("pretrain_flops", math.nan))
-    mtype = getattr(hf_config, "model_type", "")
-    name = m.name_or_path.lower()
-    for fam_name, tokens in KNOWN_PRETRAIN_TOKENS.items():
-        if fam_name in name or (fam_name == "pythia" and mtype == "gpt_neox" and "pythia" in name):
-            return 6.0 * n_params_lm * tokens
-    return math.nan
+        return Pretraining.from_json(json.loads(meta.read_text()))
+    return public_family(m.name_or_path, hf_config, n_backbone, n_embedding)
 
 
 def load_classifier(m: ModelConfig, fam: FamilyConfig, device: torch.device, seed: int) -> Classifier:
@@ -140,8 +137,7 @@ def load_classifier(m: ModelConfig, fam: FamilyConfig, device: torch.device, see
                 hf.score.bias.zero_()
     n_body = sum(p.numel() for n, p in hf.named_parameters() if not n.startswith("score."))
     emb = hf.get_input_embeddings().weight.numel()
-    n_lm = n_body + emb  # an untied LM head has one more embedding-sized matrix
-    clf = Classifier(hf.to(device), tok, model_label(m), pretrain_flops(m, r, fam, hf.config, n_lm))
+    clf = Classifier(hf.to(device), tok, model_label(m), pretraining(m, r, fam, hf.config, n_body, emb))
     clf.set_trainable(False)
     return clf
 
@@ -152,7 +148,7 @@ def save_classifier(clf: Classifier, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     clf.model.save_pretrained(out, safe_serialization=True)
     clf.tokenizer.save_pretrained(out)
-    (out / META_FILE).write_text(json.dumps({"pretrain_flops": clf.pretrain_flops, "source": clf.name}))
+    (out / META_FILE).write_text(json.dumps({**clf.pretraining.to_json(), "source": clf.name}))
 
 
 def count_parameters(m: ModelConfig, fam: FamilyConfig) -> int:

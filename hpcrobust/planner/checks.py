@@ -116,10 +116,10 @@ def warnings_for(cfg: SweepConfig, plan: Plan, runs: dict[str, RunPlan]) -> tupl
     if ens:
         notes.append(f"ensemble {', '.join(ens)}: every size scores every size's proposals for every example (an"
                      " upper bound: a size stops proposing once the example no longer needs it)")
-    stops = [a.name for a in cfg.attacks if getattr(a.params, "early_stop", True)]
+    stops = [a.name for a in cfg.attacks if getattr(a.params, "early_stop", False)]
     if stops:
-        notes.append(f"upper bounds for {', '.join(stops)}: they stop an example at its first success"
-                     " (RandomToken always does; GCG and BEAST unless early_stop: false)")
+        notes.append(f"upper bounds for {', '.join(stops)}: early_stop: true stops an example at its first"
+                     " success")
     if any(a.type == "gcg" for a in [*cfg.attacks, *cfg.train_attacks]):
         counted = all(rp.tokens.tokenizer is not None for rp in runs.values())
         notes.append("GCG candidates are counted at the share that passes the decode-then-encode filter, replayed"

@@ -27,7 +27,7 @@ def survival(a: AttackConfig, tokenizer, n_iterations: int) -> np.ndarray:
     if tokenizer is None:
         return np.ones(n_iterations)
     p = a.params
-    key = (id(tokenizer), p.search_width, p.n_replace, a.n_attack_tokens, p.init_string)
+    key = (id(tokenizer), p.search_width, p.n_replace, a.n_attack_tokens, p.init_string, p.ascii_only)
     if key not in _CACHE:
         _CACHE[key] = (tokenizer, _simulate(a, tokenizer))
     sim = _CACHE[key][1]
@@ -40,7 +40,7 @@ def survival(a: AttackConfig, tokenizer, n_iterations: int) -> np.ndarray:
 
 def _simulate(a: AttackConfig, tokenizer) -> np.ndarray:
     p = a.params
-    allowed = allowed_tokens(tokenizer, ascii_only=True)
+    allowed = allowed_tokens(tokenizer, ascii_only=p.ascii_only)
     init = np.array(initial_tokens(a, tokenizer), dtype=np.int64)
     n, c = len(init), p.search_width
     n_rep = min(p.n_replace, n)

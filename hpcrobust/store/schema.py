@@ -180,6 +180,8 @@ def attack_arrays(res) -> dict[str, np.ndarray]:
         toks[i, : len(t)] = t
     arrays = {
         ASR: np.asarray(res.asr, dtype=np.float64),
+        ASR_CURRENT: np.asarray(res.asr_current, dtype=np.float64),
+        EARLY_STOP: np.int64(bool(res.early_stop)),
         CORRECT_BEFORE: np.asarray(res.correct_before, dtype=bool),
         FIRST_SUCCESS: np.asarray(res.first_success, dtype=np.int64),
         ATTACK_TOKENS: toks,

@@ -32,7 +32,7 @@ from hpcrobust.sweep.context import RoundState, SweepContext
 from hpcrobust.sweep.plan import RunSpec
 from hpcrobust.sweep.shared import shared_candidate_arrays
 from hpcrobust.tasks.placement import clean_ids
-from hpcrobust.training.adversarial import attacked_examples, round_spec, round_training_set
+from hpcrobust.training.adversarial import add_attacked, attacked_examples, round_spec, round_training_set
 from hpcrobust.training.finetune import finetune_sequences, finetune_spec
 from hpcrobust.training.pool import Pool
 from hpcrobust.training.trainer import example_losses, predict, train
@@ -66,7 +66,8 @@ def run_round(ctx: SweepContext, run: RunSpec, rnd: int, tables: dict) -> RoundS
     if lay.is_group_leader:
         checkpoint.save(ctx, clf, run, rnd, pool, scalars[S.DEFENSE_FLOPS_CUM])
     scalars.update({S.WALL_TIME: lay.group.allreduce_max(time.time() - t0), S.N_PARAMS: clf.n_params,
-                    S.PRETRAIN_FLOPS: float(clf.pretrain_flops)})
+                    S.PRETRAIN_FLOPS: clf.pretraining.flops, S.PRETRAIN_N: clf.pretraining.n,
+                    S.PRETRAIN_TOKENS: clf.pretraining.tokens})
     return state
 
 
@@ -117,10 +118,10 @@ def adversarial(ctx: SweepContext, clf: Classifier, run: RunSpec, rnd: int, pool
     res = run_attack(attack, ScoringEngine(clf, cfg.parallel.score_chunk), group, encs,
                      np.ones(len(encs), dtype=bool))
     attack_flops = int(res.flops_nominal.sum())
-    pool.add([enc.with_attack(t.tolist()) for (_, enc), t in zip(encs, res.tokens, strict=True)],
-             [enc.label for _, enc in encs], rnd, res.final_loss.tolist())
 
     start = clf.meter.total.snapshot()
+    add_attacked(pool, clf, [enc.with_attack(t.tolist()) for (_, enc), t in zip(encs, res.tokens, strict=True)],
+                 [enc.label for _, enc in encs], rnd, cfg.finetune.eval_batch_size, group)
     rs = round_training_set(pool, adv, train_set, clf.tokenizer, cfg.task.max_content_tokens, run.seed, run.key, rnd)
     scale = m.adv_lr_scale if m.adv_lr_scale >= 0 else m.lr_scale
     tr = train(clf, rs.seqs, rs.labels, round_spec(adv, cfg.finetune, scale), group, run.seed,

@@ -95,9 +95,10 @@ def transfer_phase(ctx: SweepContext, rnd: int, active: list[RunSpec], held: dic
     order = [r.key for r in sorted(active, key=lambda r: r.index)]
     arrays = {}
     for a in attacks:
-        tokens = allgather_records(layout.world, {st.run.key: st.results[a.name].tokens
+        finals = allgather_records(layout.world, {st.run.key: (st.results[a.name].tokens,
+                                                               st.results[a.name].correct_before)
                                                   for st in held.values() if lead})
-        sources = [Source(k, tokens[k]) for k in order]
+        sources = [Source(k, *finals[k]) for k in order]
         targets = [Target(st.run.index, st.run.key, st.clf, st.correct) for st in held.values() if lead]
         mat = transfer_matrix(layout.world, a, sources, targets, order, ctx.eval_set)
         arrays[f"{a.name}/{S.TRANSFER_ASR}"] = mat

@@ -3,7 +3,8 @@
 Round r (r >= 1):
 1. attack a fresh random sample of `n_new_examples` training examples with the training attack,
    its iterations following a linear schedule from `iterations_start` to `iterations_end`;
-2. add every attacked text, successful or not, to the pool;
+2. add every attacked text, successful or not, to the pool, with its true-label loss under the model that
+   attacked it (the model whose losses the older entries carry since step 5 of the last round);
 3. build the round's set: at most `max_examples`, at most `max_adv_fraction` of it adversarial
    (sampled from the pool by recency and loss rank), the rest clean training examples;
 4. train `epochs` epochs (constant learning rate by default), with the fine-tuning batch size, so the
@@ -16,12 +17,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from hpcrobust.models.classifier import Classifier
+from hpcrobust.parallel.comm import Comm
 from hpcrobust.rng import stream
 from hpcrobust.tasks.base import Example
 from hpcrobust.tasks.placement import clean_ids
 from hpcrobust.training.config import AdvTrainConfig, FinetuneConfig
 from hpcrobust.training.pool import Pool
-from hpcrobust.training.trainer import TrainSpec
+from hpcrobust.training.trainer import TrainSpec, example_losses
 
 
 def equal_compute_rounds(rounds: int, n_params: list[int]) -> list[int]:
@@ -35,6 +38,13 @@ def attacked_examples(n_examples: int, n_train: int, seed: int, run_key: str, rn
     """Step 1: which training examples this round's attack sees (a fresh sample every round)."""
     rng = stream(seed, run_key, rnd, "advtrain")
     return sorted(rng.choice(n_train, size=min(n_examples, n_train), replace=False).tolist())
+
+
+def add_attacked(pool: Pool, clf: Classifier, seqs: list[list[int]], labels: list[int], rnd: int,
+                 batch_size: int, group: Comm) -> None:
+    """Step 2. The stored loss is the true-label loss of the stored text, never the attack's own (wrong-label)
+    objective: mixing the two would rank failed attacks above successful ones in the loss rank."""
+    pool.add(seqs, labels, rnd, example_losses(clf, seqs, labels, batch_size, group).tolist())
 
 
 @dataclass
