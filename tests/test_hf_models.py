@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import math
 import os
 import shutil
 from pathlib import Path
@@ -25,7 +26,7 @@ def _family_tokenizer(cache: Path):
     return PreTrainedTokenizerFast(tokenizer_file=path, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
-def _save_model(arch: str, tok, out: Path) -> Path:
+def _save_model(arch: str, tok, out: Path, tied: bool = False) -> Path:
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
@@ -35,7 +36,7 @@ def _save_model(arch: str, tok, out: Path) -> Path:
     else:
         m = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-                                         eos_token_id=0))
+                                         eos_token_id=0, tie_word_embeddings=tied))
     m.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
@@ -94,3 +95,27 @@ def test_remote_code_stays_off(tmp_path, family_cache):
     os.environ["HF_HUB_OFFLINE"] = "1"
     with pytest.raises(UserError):
         model_config(ModelConfig(name_or_path=str(folder)), FamilyConfig())
+
+
+@pytest.mark.parametrize("name,arch,tied", [("pythia-tiny", "gpt_neox", False), ("Qwen2.5-tiny", "qwen2", True),
+                                            ("Qwen2.5-tiny-untied", "qwen2", False)])
+def test_pretraining_compute_follows_the_reference_per_family(tmp_path, family_cache, name, arch, tied):
+    """Bug 3: N counts each distinct matrix once (a tied embedding once; Pythia without its output embedding),
+    D is the reference's per family and size; N and D are kept next to 6·N·D."""
+    from transformers import AutoModelForCausalLM
+
+    from hpcrobust.models.pretrain import PYTHIA_TOKENS, QWEN25_TOKENS
+
+    path = _save_model(arch, _family_tokenizer(family_cache), tmp_path / name, tied)
+    lm = AutoModelForCausalLM.from_pretrained(path)
+    assert lm.config.tie_word_embeddings == tied
+    unique = sum(p.numel() for p in lm.parameters())  # parameters() lists a tied matrix once
+    out_emb = lm.get_output_embeddings().weight.numel()
+    clf = load_classifier(ModelConfig(name_or_path=str(path)), FamilyConfig(), torch.device("cpu"), seed=0)
+    pre = clf.pretraining
+    n_expected = unique - out_emb if arch == "gpt_neox" else unique
+    d_expected = PYTHIA_TOKENS if arch == "gpt_neox" else QWEN25_TOKENS[0]  # a model this small is a "0.5B"
+    assert (pre.n, pre.tokens, pre.flops) == (n_expected, d_expected, 6.0 * n_expected * d_expected)
+    unknown = _save_model(arch, _family_tokenizer(family_cache), tmp_path / "other")
+    assert math.isnan(load_classifier(ModelConfig(name_or_path=str(unknown)), FamilyConfig(), torch.device("cpu"),
+                                      seed=0).pretrain_flops)
