@@ -32,6 +32,11 @@ def test_plain_run_then_rerun_skips(tiny):
         assert f.attrs["hpcrobust_version"]
         asr = f["runs/s__seed0/rounds/0000/attacks/rt/asr"][()]
         assert asr.shape == (41,) and np.all(np.diff(asr[~np.isnan(asr)]) >= 0)
+        gcg = f["runs/s__seed0/rounds/0000/attacks/gcg"]
+        assert gcg["asr_current"].shape == gcg["asr"].shape and gcg["asr_current"][0] == 0
+        assert int(gcg["early_stop"][()]) == 0  # the reference's default: every iteration runs
+    # N and D are stored beside 6·N·D
+    assert np.allclose(df.pretrain_flops, 6 * df.pretrain_n * df.pretrain_tokens)
     assert (tiny.parent / "out.h5.ckpt" / "s__seed0" / "round_0000" / "model.safetensors").is_file()
     before = _sha(out)
     again = run_cli(["run", str(tiny)], cwd=tiny.parent)
