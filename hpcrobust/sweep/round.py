@@ -61,7 +61,8 @@ def run_round(ctx: SweepContext, run: RunSpec, rnd: int, tables: dict) -> RoundS
         res = evaluate(a, ctx.attack_env(run, rnd, clf, shared=table), lay.group, ctx.eval_set, pred)
         state.add(res)
         state.arrays.update(shared_candidate_arrays(a, table))
-        log(f"{run.key} round {rnd}: {a.name} ASR {res.asr[-1]:.3f} after {len(res.asr) - 1} iterations"
+        log(f"{run.key} round {rnd}: {a.name} ASR {res.asr_current[-1]:.3f} (any iteration {res.asr[-1]:.3f})"
+            f" after {len(res.asr) - 1} iterations"
             f" ({res.wall_time:.1f}s)", all_ranks=lay.is_group_leader)
     if lay.is_group_leader:
         checkpoint.save(ctx, clf, run, rnd, pool, scalars[S.DEFENSE_FLOPS_CUM])
