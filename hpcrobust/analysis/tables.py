@@ -24,7 +24,8 @@ def _cached(res: Results, key: str, make):
 
 
 def asr_summary(res: Results) -> pd.DataFrame:
-    """Final-iteration ASR per (panel, round, size): median with min-max over seeds, or Wilson 95% for one seed."""
+    """Final-iteration reference ASR per (panel, round, size): median with min-max over seeds, or Wilson 95% for
+    one seed; the cumulative ASR's median next to it."""
     return _cached(res, "asr_summary", lambda: _asr_summary(res)).copy()
 
 
@@ -33,7 +34,7 @@ def _asr_summary(res: Results) -> pd.DataFrame:
     g = res.attacks.groupby(keys, sort=False)
     aggs = {"n_seeds": ("seed", "nunique"), "n_runs": ("seed", "size"), "k": ("n_success", "first"),
             "n": ("n_correct", "first")}
-    for col in ("asr", "pre_acc", "post_acc"):
+    for col in ("asr", "asr_cum", "pre_acc", "post_acc"):
         aggs.update({f"{col}_median": (col, "median"), f"{col}_min": (col, "min"), f"{col}_max": (col, "max")})
     df = g.agg(**aggs).reset_index()
     one = df["n_runs"] == 1
@@ -41,7 +42,7 @@ def _asr_summary(res: Results) -> pd.DataFrame:
     df["asr_lo"] = np.where(one, lo, df["asr_min"])
     df["asr_hi"] = np.where(one, hi, df["asr_max"])
     df["interval"] = np.where(one, "wilson95", "min-max")
-    cols = [*keys, "n_seeds", "asr_median", "asr_min", "asr_max", "asr_lo", "asr_hi", "interval",
+    cols = [*keys, "n_seeds", "asr_median", "asr_min", "asr_max", "asr_lo", "asr_hi", "interval", "asr_cum_median",
             *(f"{c}_{s}" for c in ("pre_acc", "post_acc") for s in ("median", "min", "max"))]
     return df[cols].sort_values([*PANEL, "round", "n_params", "model_label"], kind="stable").reset_index(drop=True)
 
@@ -193,7 +194,8 @@ def transfer_sizes(res: Results) -> pd.DataFrame:
 
 
 def pretrain_table(res: Results) -> pd.DataFrame:
-    """Pretraining compute per model, with the per-model settings from the stored config."""
+    """Pretraining compute per model with its N and D (6·N·D; NaN in files written before they were stored), and
+    the per-model settings from the stored config."""
     per_model = {}
     for sw in res.sweeps:
         for m in sw.config.get("models") or []:
@@ -204,6 +206,7 @@ def pretrain_table(res: Results) -> pd.DataFrame:
         m = per_model.get((sweep, label), {})
         rows.append({"sweep": sweep, "model_label": label, "model": g["model"].iloc[0],
                      "n_params": g["n_params"].iloc[0], "pretrain_flops": g["pretrain_flops"].iloc[0],
+                     "pretrain_n": g["pretrain_n"].iloc[0], "pretrain_tokens": g["pretrain_tokens"].iloc[0],
                      "seeds": " ".join(str(s) for s in sorted(g["seed"].unique())),
                      "lr_scale": m.get("lr_scale", np.nan), "rounds": int(g["n_rounds"].max()) - 1})
     return pd.DataFrame(rows).sort_values(["sweep", "n_params"], kind="stable").reset_index(drop=True)
