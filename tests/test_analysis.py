@@ -10,8 +10,9 @@ import pytest
 
 from hpcrobust.analysis import load
 from hpcrobust.analysis import tables as T
+from hpcrobust.analysis.loader import CUMULATIVE_ASR, REFERENCE_ASR
 from hpcrobust.analysis.metrics import bootstrap_slope, laplace, logit10, ols, target_compute, wilson
-from hpcrobust.analysis.synthetic import SynthAttack, SynthSize, SynthSpec, asr_curve, write_synthetic
+from hpcrobust.analysis.synthetic import SynthAttack, SynthSize, SynthSpec, asr_curve, default_sizes, write_synthetic
 
 # ------------------------------------------------------------------ statistics
 
@@ -95,17 +96,66 @@ def known(tmp_path_factory):
     return spec, load(write_synthetic(tmp_path_factory.mktemp("known") / "known.h5", spec))
 
 
+def _reference_flops_per_iteration(att: SynthAttack, size: SynthSize) -> float:
+    """Total attack FLOPs / n_iterations of a synthetic attack without early stop (setup spread evenly)."""
+    per_it = att.flops_per_param * size.n_params
+    return per_it * (att.n_iterations + att.setup) / att.n_iterations
+
+
 def test_attack_scaling_slopes_are_the_known_ones(known):
     spec, res = known
     fits = T.scaling_fits(T.scaling_points(res))
     r0 = fits[fits["round"] == 0].set_index("model_label")
+    att = spec.attacks[0]
+    n = int(round(KNOWN[0].accuracy * spec.n_examples))
+    t = np.arange(1, att.n_iterations + 1)
     for s in spec.sizes:
-        assert r0.loc[s.label, "slope"] == pytest.approx(s.b, abs=1e-6)
-        assert r0.loc[s.label, "r2"] > 0.95  # < 1 only through the per-seed intercept noise
-        assert r0.loc[s.label, "n_points"] == 3 * 101
+        # by hand from the stored curves: iterations >= 1, compute t x FLOPs/iteration, raw logit, 0 and 1 dropped
+        xs, ys = [], []
+        for seed in spec.seeds:
+            asr = asr_curve(spec, s, seed, 0, att, n)[1:]
+            ok = (asr > 0) & (asr < 1)
+            xs.append(np.log10(t * _reference_flops_per_iteration(att, s))[ok])
+            ys.append(logit10(asr[ok]))
+        want = ols(np.concatenate(xs), np.concatenate(ys))
+        assert r0.loc[s.label, "slope"] == pytest.approx(want.slope, abs=1e-9)
+        assert r0.loc[s.label, "n_points"] == want.n and want.n >= 3 * 90
+        assert r0.loc[s.label, "slope"] == pytest.approx(s.b, abs=0.02)  # only rounding to whole examples
+        assert r0.loc[s.label, "r2"] > 0.95  # < 1 through the per-seed intercept noise and the rounding
     # every round has its own fit, with the same slope (rounds only shift the intercept)
     assert len(fits) == len(spec.sizes) * (spec.rounds + 1)
-    assert np.allclose(fits.groupby("model_label")["slope"].agg("std"), 0, atol=1e-6)
+    assert np.allclose(fits.groupby("model_label")["slope"].agg("std"), 0, atol=0.02)
+    assert (fits["asr_definition"] == REFERENCE_ASR).all() and not fits["early_stop"].any()
+
+
+def test_slope_on_log_parameters_is_the_known_one(known):
+    """The paper's regression of the attack-scaling slope on log10(parameters): KNOWN's b grows 0.2 a decade."""
+    _, res = known
+    reg = T.slope_regression(T.scaling_fits(T.scaling_points(res)))
+    assert len(reg) == 4 and (reg["n_sizes"] == 3).all()
+    assert np.allclose(reg["slope_per_decade"], 0.2, atol=0.02)
+    assert np.allclose(reg["intercept"] + 6 * reg["slope_per_decade"], 1.0, atol=0.02)  # b at 10^6 parameters
+    one = T.slope_regression(T.scaling_fits(T.scaling_points(res)).query("model_label == 'a'"))
+    assert one["n_sizes"].eq(1).all() and one["slope_per_decade"].isna().all()
+
+
+def test_iteration_0_is_left_out_for_every_attack(tmp_path):
+    """Bug 2 of issue 11: GCG's iteration 0 (setup, 1/100 of an iteration, ASR 0) pulled the slope down (to 1.20
+    here) while RandomToken and BEAST (no setup FLOPs) lost it. Few iterations, as the paper's GCG evaluations."""
+    sizes = [SynthSize("s", 10**6, a=-1.0, b=1.5, d=0.5)]
+    atts = [SynthAttack("gcg", "gcg", 10, setup_fraction=1 / 100), SynthAttack("rt", "random_token", 10),
+            SynthAttack("beast", "beast", 10)]
+    spec = SynthSpec(sizes=sizes, seeds=[0, 1, 2], rounds=0, n_examples=200, attacks=atts, transfer=False)
+    assert SynthAttack("g").setup == pytest.approx(1 / 50) and atts[1].setup == atts[2].setup == 0
+    res = load(write_synthetic(tmp_path / "it0.h5", spec))
+    cur = res.asr[res.asr["attack"] == "gcg"]
+    assert (cur.loc[cur["iteration"] == 0, "asr"] == 0).all() and (cur["flops"] > 0).all()
+    pts = T.scaling_points(res)
+    assert (pts["iteration"] >= 1).all()
+    fits = T.scaling_fits(pts).set_index("attack")
+    for att in atts:
+        assert fits.loc[att.name, "slope"] == pytest.approx(1.5, abs=0.03), att.name
+        assert fits.loc[att.name, "n_points"] == 3 * 10
 
 
 def test_interpolated_compute_matches_the_known_curve(known):
@@ -115,13 +165,17 @@ def test_interpolated_compute_matches_the_known_curve(known):
     row = pts[(pts["model_label"] == size.label) & (pts["seed"] == seed) & (pts["round"] == rnd)].iloc[0]
     n = int(round(size.accuracy * spec.n_examples))
     asr = asr_curve(spec, size, seed, rnd, spec.attacks[0], n)
-    per_iter = spec.attacks[0].flops_per_param * size.n_params
     i = int(np.argmax(asr >= target))
     assert 0 < i and asr[i - 1] < target <= asr[i]
     frac = (target - asr[i - 1]) / (asr[i] - asr[i - 1])
     assert row["iteration"] == pytest.approx(i - 1 + frac)
-    assert row["attack_flops"] == pytest.approx(per_iter * (i + frac))  # cum FLOPs: setup + i iterations
+    # the reference's compute: interpolated iteration x total attack FLOPs / n_iterations (setup spread evenly)
+    flops = (i - 1 + frac) * _reference_flops_per_iteration(spec.attacks[0], size)
+    assert row["attack_flops"] == pytest.approx(flops)
+    pre = 6.0 * size.n_params * spec.pretrain_tokens
+    assert row["attack_frac"] == pytest.approx(flops / spec.n_examples / pre)  # per attacked example
     assert row["defense_flops_cum"] == pytest.approx(spec.defense_flops_per_param * size.n_params * rnd)
+    assert row["defense_frac"] == pytest.approx(row["defense_flops_cum"] / pre)
 
 
 def test_offense_defense_slopes_and_bootstrap_ci(known):
@@ -213,3 +267,39 @@ def test_different_experiments_become_separate_sweeps(tmp_path):
     c = write_synthetic(tmp_path / "gcg_again.h5", SynthSpec(seeds=[0], rounds=1))
     res2 = load([a, c])
     assert len(res2.sweeps) == 2 and len(res2.runs) == 6 and res2.runs["run"].is_unique
+
+
+def test_reference_and_cumulative_asr_are_read_back(tmp_path):
+    """asr_current (the reference's ASR) feeds `asr`; the cumulative `asr` stays as `asr_cum`."""
+    spec = SynthSpec(sizes=default_sizes(2), seeds=[0], rounds=1, n_examples=300, transfer=False,
+                     attacks=[SynthAttack("gcg", "gcg", 30), SynthAttack("rt", "random_token", 30)])
+    path = write_synthetic(tmp_path / "v2.h5", spec)
+    res = load(path)
+    with h5py.File(path, "r") as f:
+        g = f["runs/m1__seed0/rounds/0001/attacks/gcg"]
+        cur, cum = g["asr_current"][()], g["asr"][()]
+    one = res.asr[(res.asr["run"] == "m1__seed0") & (res.asr["round"] == 1) & (res.asr["attack"] == "gcg")]
+    assert np.array_equal(one["asr"], cur) and np.array_equal(one["asr_cum"], cum)
+    assert cur[0] == 0 and (cur <= cum + 1e-12).all() and (np.diff(cum) >= 0).all()
+    assert (cur < cum - 1e-12).any()  # GCG's current candidate can lose its success
+    rt = res.asr[res.asr["attack"] == "rt"]
+    assert np.array_equal(rt["asr"], rt["asr_cum"])  # RandomToken keeps a success
+    assert (res.attacks["asr_definition"] == REFERENCE_ASR).all() and (res.attacks["early_stop"] == 0).all()
+    assert np.allclose(res.runs["pretrain_n"], res.runs["n_params"])
+    assert np.allclose(res.runs["pretrain_flops"], 6 * res.runs["pretrain_n"] * res.runs["pretrain_tokens"])
+    old = load(write_synthetic(tmp_path / "old.h5", SynthSpec(**{**spec.__dict__, "without_v2": True})))
+    assert (old.attacks["asr_definition"] == CUMULATIVE_ASR).all() and old.attacks["early_stop"].isna().all()
+    assert np.array_equal(old.asr["asr"], old.asr["asr_cum"]) and np.array_equal(old.asr["asr_cum"], res.asr["asr_cum"])
+    assert old.runs["pretrain_n"].isna().all()
+
+
+def test_early_stop_shrinks_the_attack_flops(tmp_path):
+    """With early stop an example's success is kept and it stops running: later iterations cost less."""
+    att = SynthAttack("gcg", "gcg", 20, early_stop=True)
+    spec = SynthSpec(sizes=[SynthSize("s", 10**6, a=-0.5, b=1.0)], seeds=[0], rounds=0, attacks=[att],
+                     transfer=False)
+    res = load(write_synthetic(tmp_path / "es.h5", spec))
+    per_it = np.diff(res.asr["flops"].to_numpy())
+    assert (np.diff(per_it) <= 0).all() and per_it[-1] < 0.8 * per_it[0]
+    assert np.array_equal(res.asr["asr"], res.asr["asr_cum"]) and (res.attacks["early_stop"] == 1).all()
+    assert T.scaling_fits(T.scaling_points(res))["early_stop"].all()

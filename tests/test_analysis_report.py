@@ -163,3 +163,35 @@ def test_real_quickstart_output(tmp_path):
     assert main([real, "--out", str(tmp_path / "report")]) == 0
     for name in FIGURES:
         assert not_blank(tmp_path / "report" / f"{name}.png"), name
+
+
+def test_report_states_definitions_early_stop_and_size_regression(tmp_path):
+    """The report says which ASR it uses, warns when a file stopped early or lacks asr_current, gives the
+    regression of slope on log10(parameters), and table7a shows 6·N·D's N and D."""
+    import pandas as pd
+
+    atts = [SynthAttack("gcg", "gcg", 20), SynthAttack("rt", "random_token", 20, early_stop=True)]
+    spec = small(seeds=[0], rounds=1, n_examples=200, attacks=atts, transfer=False)
+    assert main([str(write_synthetic(tmp_path / "r.h5", spec)), "--out", str(tmp_path / "a"),
+                 "--bootstrap", "50"]) == 0
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert "current* candidate at iteration t" in md and "iterations ≥ 1" in md
+    early = md.split("**Early stopping:**")[1].split("\n")[0]
+    assert early.startswith(" for attack `rt`, examples stopped") and "`gcg`" not in early
+    assert "no `asr_current`" not in md
+    reg = pd.read_csv(tmp_path / "a" / "fig2b_attack_scaling_slopes_regression.csv")
+    assert set(reg["attack"]) == {"gcg", "rt"} and (reg["n_sizes"] == 3).all()
+    gcg = reg[(reg["attack"] == "gcg") & (reg["round"] == 0)].iloc[0]
+    assert f"gcg: slope = {gcg['intercept']:.3f} {gcg['slope_per_decade']:+.3f} × log10(parameters)" in md
+    pre = pd.read_csv(tmp_path / "a" / "table7a_pretrain_flops.csv")
+    assert (pre["pretrain_n"] == pre["n_params"]).all() and (pre["pretrain_tokens"] == spec.pretrain_tokens).all()
+    assert np.allclose(pre["pretrain_flops"], 6 * pre["pretrain_n"] * pre["pretrain_tokens"])
+    assert "pretrain_tokens" in md
+    fits = pd.read_csv(tmp_path / "a" / "fig2_attack_scaling_fits.csv")
+    assert fits.loc[fits["attack"] == "rt", "early_stop"].all() and not fits.loc[fits["attack"] == "gcg",
+                                                                                  "early_stop"].any()
+    old = small(seeds=[0], rounds=0, n_examples=200, attacks=atts[:1], transfer=False, without_v2=True)
+    assert main([str(write_synthetic(tmp_path / "old.h5", old)), "--out", str(tmp_path / "b"),
+                 "--bootstrap", "50"]) == 0
+    md = (tmp_path / "b" / "report.md").read_text()
+    assert "no `asr_current` for attack `gcg`" in md and "**Early stopping:**" not in md

@@ -23,7 +23,9 @@ from hpcrobust.analysis.plotting import (
 )
 
 PANEL = T.PANEL
-XAXES = (("flops", "attack FLOPs"), ("flops_frac", "attack FLOPs / pretraining FLOPs"))
+XAXES = (("flops", "attack compute at t: t × FLOPs/iteration"),
+         ("flops_frac", "attack compute at t / pretraining compute"))
+ASR_LABEL = "ASR (reference: current candidate)"  # see loader.REFERENCE_ASR
 
 
 def panels(df: pd.DataFrame, cols: list[str] = PANEL) -> list[tuple]:
@@ -47,13 +49,14 @@ def asr_vs_size(res: Results, rnd: int = 0) -> Figure:
         err = np.vstack([g["asr_median"] - g["asr_lo"], g["asr_hi"] - g["asr_median"]])
         ax.errorbar(x, g["asr_median"], yerr=np.clip(err, 0, None), marker="o", color="C3", capsize=3,
                     label="ASR " + ("(Wilson 95%)" if one else "(median, min-max)"))
+        ax.plot(x, g["asr_cum_median"], marker="x", ls="", color="C3", alpha=0.5, label="ASR, cumulative")
         for col, style, color, lab in (("pre_acc", "--", "C0", "accuracy before attack"),
                                        ("post_acc", ":", "C2", "accuracy after attack")):
             ax.plot(x, g[f"{col}_median"], style, marker="s", ms=4, color=color, label=lab)
             ax.fill_between(x, g[f"{col}_min"], g[f"{col}_max"], color=color, alpha=0.12)
         size_axis(ax, x)
         ax.set_ylim(-0.03, 1.03)
-        ax.set_ylabel("ASR / accuracy")
+        ax.set_ylabel(f"{ASR_LABEL} / accuracy", fontsize=9)
         ax.set_title(panel_title(key, _multi(res)), fontsize=10)
         legend(ax, loc="best")
     if not keys:
@@ -72,7 +75,8 @@ def _size_curves(points: pd.DataFrame) -> pd.DataFrame:
 
 def attack_scaling(res: Results, rnd: int = 0, points: pd.DataFrame | None = None,
                    fits: pd.DataFrame | None = None) -> Figure:
-    """Figure 2: logit10 of the smoothed ASR against attack FLOPs, absolute and as a fraction of pretraining."""
+    """Figure 2: logit10 of the smoothed reference ASR against attack compute at t (iterations >= 1), absolute and
+    as a fraction of pretraining; the legend's slopes are the reference's unsmoothed fits."""
     points = T.scaling_points(res) if points is None else points
     fits = T.scaling_fits(points) if fits is None else fits
     pts = points[points["round"] == rnd]
@@ -92,37 +96,51 @@ def attack_scaling(res: Results, rnd: int = 0, points: pd.DataFrame | None = Non
                 ax.plot(g[col], g["logit"], color=colors.get(lab), label=size_label(lab, n) + extra)
             log_axis(ax, "x")
             ax.set_xlabel(xlab)
-            ax.set_ylabel("logit10(smoothed ASR)")
+            ax.set_ylabel("logit10(smoothed reference ASR)")
             ax.set_title(panel_title(key, _multi(res)), fontsize=10)
             if not np.isfinite(c[col].to_numpy(np.float64)).any():
                 note(ax, "pretraining FLOPs unknown" if j else "no attack FLOPs")
     size_legends(fig, axes, res.runs, loc="best")
     if not keys:
-        note(axes[0], "no attack iterations with FLOPs in these files")
+        note(axes[0], "no attack iterations >= 1 with FLOPs in these files")
     return Figure("fig2_attack_scaling", "Attack scaling", finish(fig, f"Attack scaling (round {rnd})"),
                   {"fig2_attack_scaling": curves, "fig2_attack_scaling_fits": fits})
 
 
 def attack_scaling_slopes(res: Results, rnd: int = 0, fits: pd.DataFrame | None = None) -> Figure:
-    """Figure 2b: the attack-scaling OLS slope of each size against its parameter count."""
+    """Figure 2b: each size's attack-scaling slope against its parameter count, with the paper's regression of
+    slope on log10(parameters) per attack (dashed; needs two sizes)."""
     fits = T.scaling_fits(T.scaling_points(res)) if fits is None else fits
     f = fits[fits["round"] == rnd]
+    reg = T.slope_regression(f)
     keys = panels(f, ["sweep", "task"])
     fig, axes = grid(len(keys), ncols=2)
     for ax, (sweep, task) in zip(axes, keys, strict=False):
         g = f[(f["sweep"] == sweep) & (f["task"] == task)]
-        for att, a in g.groupby("attack", sort=False):
-            ax.plot(a["n_params"], a["slope"], marker="o", label=att)
+        for i, (att, a) in enumerate(g.groupby("attack", sort=False)):
+            r = reg[(reg["sweep"] == sweep) & (reg["task"] == task) & (reg["attack"] == att)]
+            extra = ""
+            if len(r) and np.isfinite(r["slope_per_decade"].iloc[0]):
+                r = r.iloc[0]
+                extra = f": {r.slope_per_decade:+.2f} per decade, R² {r.r2:.2f}"
+                xs = np.array([a["n_params"].min(), a["n_params"].max()], dtype=np.float64)
+                ax.plot(xs, r.intercept + r.slope_per_decade * np.log10(xs), ls="--", color=f"C{i}", alpha=0.7)
+            ax.plot(a["n_params"], a["slope"], marker="o", ls="", color=f"C{i}", label=att + extra)
         size_axis(ax, g["n_params"])
-        ax.set_ylabel("slope of logit10(ASR) per decade of attack FLOPs")
+        ax.set_ylabel("slope of logit10(ASR) per decade of attack compute", fontsize=9)
         ax.set_title(f"{sweep}: {task}" if _multi(res) else task, fontsize=10)
         legend(ax, title="attack")
     if not keys:
         note(axes[0], "no fits: no attack iterations with FLOPs")
     notes = [f"{r.task} / {r.attack}, size {r.model_label} ({fmt_params(r.n_params)}): slope {r.slope:.3f},"
              f" R² {r.r2:.3f} over {r.n_points} points" for r in f.itertuples()]
+    notes += [f"{r.task} / {r.attack}: slope = {r.intercept:.3f} {r.slope_per_decade:+.3f} × log10(parameters),"
+              f" R² {r.r2:.3f} over {r.n_sizes} sizes" if np.isfinite(r.slope_per_decade) else
+              f"{r.task} / {r.attack}: no regression on size ({r.n_sizes} size; two are needed)"
+              for r in reg.itertuples()]
     return Figure("fig2b_attack_scaling_slopes", "Attack-scaling slopes against size",
-                  finish(fig, f"Attack-scaling slopes (round {rnd})"), {"fig2b_attack_scaling_slopes": f}, notes)
+                  finish(fig, f"Attack-scaling slopes (round {rnd})"),
+                  {"fig2b_attack_scaling_slopes": f, "fig2b_attack_scaling_slopes_regression": reg}, notes)
 
 
 def asr_vs_size_by_round(res: Results) -> Figure:
@@ -141,7 +159,7 @@ def asr_vs_size_by_round(res: Results) -> Figure:
             ax.plot(gr["n_params"], gr["asr_median"], marker="o", color=col, label=f"round {r}")
         size_axis(ax, g["n_params"])
         ax.set_ylim(-0.03, 1.03)
-        ax.set_ylabel("ASR (median over seeds)")
+        ax.set_ylabel("reference ASR (median over seeds)")
         ax.set_title(panel_title(key, _multi(res)), fontsize=10)
         legend(ax, ncols=2 if len(rounds) > 6 else 1)
     return Figure("fig4_asr_vs_size_by_round", "ASR against size, by round",

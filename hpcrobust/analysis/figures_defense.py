@@ -35,9 +35,14 @@ def _sel(df: pd.DataFrame, key: tuple, cols: list[str] = PANEL) -> pd.DataFrame:
 
 
 def _by_round(res: Results) -> pd.DataFrame:
+    """ASR summary per (panel, round, size) with the median cumulative defense FLOPs and, as the reference's
+    defense axis, the seed-mean of it over pretraining compute (`defense_frac`)."""
     s = T.asr_summary(res)
-    d = res.attacks.groupby([*PANEL, "model_label", "round"], sort=False)["defense_flops_cum"].median()
-    return s.merge(d.reset_index(), on=[*PANEL, "model_label", "round"], how="left")
+    g = res.attacks.groupby([*PANEL, "model_label", "round"], sort=False)
+    d = g.agg(defense_flops_cum=("defense_flops_cum", "median"), _mean=("defense_flops_cum", "mean"),
+              _pre=("pretrain_flops", "first")).reset_index()
+    d["defense_frac"] = d["_mean"] / d["_pre"].where(d["_pre"] > 0)
+    return s.merge(d.drop(columns=["_mean", "_pre"]), on=[*PANEL, "model_label", "round"], how="left")
 
 
 def _draw_sizes(ax, g: pd.DataFrame, x: str, colors: dict) -> None:
@@ -58,7 +63,7 @@ def advtrain_rounds(res: Results) -> Figure:
     for ax, key in zip(axes, keys, strict=False):
         _draw_sizes(ax, _sel(s, key), "round", colors)
         ax.set_xlabel("adversarial-training round")
-        ax.set_ylabel("ASR (median, band: min-max or Wilson 95%)")
+        ax.set_ylabel("reference ASR (median; band: min-max or Wilson 95%)")
         ax.set_ylim(-0.03, 1.03)
         ax.set_title(panel_title(key, len(res.sweeps) > 1), fontsize=10)
     size_legends(fig, axes, res.runs)
@@ -66,27 +71,35 @@ def advtrain_rounds(res: Results) -> Figure:
                   finish(fig, "Adversarial training: ASR against round"), {"fig3_advtrain_rounds": s})
 
 
+DEFENSE_AXES = (("defense_flops_cum", "cumulative defense FLOPs"),
+                ("defense_frac", "defense compute / pretraining compute"))
+
+
 def advtrain_defense(res: Results) -> Figure:
-    """Figure 3b: ASR against cumulative defense FLOPs (rounds >= 1), one line per size."""
+    """Figure 3b: ASR against cumulative defense compute (training + training-attack FLOPs of rounds 1..r,
+    evaluation excluded), absolute and as a fraction of pretraining compute; one line per size."""
     s = _by_round(res)
     s = s[(s["round"] >= 1) & (s["defense_flops_cum"] > 0)].reset_index(drop=True)
     colors = size_colors(res.runs)
     keys = panels(s) or panels(T.asr_summary(res))
-    fig, axes = grid(len(keys))
-    for ax, key in zip(axes, keys, strict=False):
+    fig, axes = grid(2 * len(keys), ncols=2, nrows=max(1, len(keys)))
+    for i, key in enumerate(keys):
         g = _sel(s, key)
-        _draw_sizes(ax, g, "defense_flops_cum", colors)
-        if len(g):
-            log_axis(ax, "x")
-        else:
-            note(ax, NO_ROUNDS)
-        ax.set_xlabel("cumulative defense FLOPs")
-        ax.set_ylabel("ASR (median over seeds)")
-        ax.set_ylim(-0.03, 1.03)
-        ax.set_title(panel_title(key, len(res.sweeps) > 1), fontsize=10)
+        for j, (col, xlab) in enumerate(DEFENSE_AXES):
+            ax = axes[2 * i + j]
+            gj = g[g[col] > 0]
+            _draw_sizes(ax, gj, col, colors)
+            if len(gj):
+                log_axis(ax, "x")
+            else:
+                note(ax, "pretraining FLOPs unknown" if j and len(g) else NO_ROUNDS)
+            ax.set_xlabel(xlab)
+            ax.set_ylabel("reference ASR (median over seeds)")
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_title(panel_title(key, len(res.sweeps) > 1), fontsize=10)
     size_legends(fig, axes, res.runs)
     return Figure("fig3b_advtrain_defense_flops", "ASR against defense compute",
-                  finish(fig, "Adversarial training: ASR against cumulative defense FLOPs"),
+                  finish(fig, "Adversarial training: ASR against cumulative defense compute"),
                   {"fig3b_advtrain_defense_flops": s}, [] if len(s) else [NO_ROUNDS])
 
 
@@ -109,7 +122,7 @@ def advtrain_transfer(res: Results) -> Figure:
             if not len(g):
                 note(ax, f"{ev} not evaluated here")
             ax.set_xlabel("adversarial-training round")
-            ax.set_ylabel("ASR (median over seeds)")
+            ax.set_ylabel("reference ASR (median over seeds)")
             ax.set_ylim(-0.03, 1.03)
             same_tr = sum(r[2] == tr and r[1] == task for r in rows) > 1  # only then is the sweep needed
             ax.set_title(f"{sweep + ': ' if same_tr else ''}trained vs {tr} ({trt})\nevaluated with {ev}",
@@ -146,37 +159,48 @@ def _guides(ax, xs: np.ndarray, ys: np.ndarray) -> None:
     ax.set_ylim(10**y0, 10**y1)
 
 
+OFFENSE_AXES = (("defense_flops_cum", "attack_flops", "cumulative defense FLOPs", "attack FLOPs to reach {t:.0%} ASR"),
+                ("defense_frac", "attack_frac", "defense compute / pretraining compute",
+                 "attack compute per example to {t:.0%} ASR\n/ pretraining compute"))
+
+
 def offense_defense(res: Results, targets: tuple[float, ...] = T.DEFAULT_TARGETS, n_boot: int = 1000,
                     points: pd.DataFrame | None = None) -> Figure:
-    """Figure 5: attack FLOPs to reach each target ASR against cumulative defense FLOPs, log-log, per size,
-    with slope-1 guides and a per-size slope (bootstrap CI over seeds). Rounds >= 1 only."""
+    """Figure 5: attack compute to reach each target ASR against cumulative defense compute, log-log, per size,
+    with slope-1 guides: absolute FLOPs with a per-size slope (bootstrap CI over seeds), then both as fractions
+    of pretraining compute, as the reference draws it. Rounds >= 1 only."""
     points = T.offense_points(res, targets) if points is None else points
     fits = T.offense_fits(points, n_boot)
     ok = points[(points["round"] >= 1) & (points["defense_flops_cum"] > 0) & (points["attack_flops"] > 0)]
     keys = panels(points)
     colors = size_colors(res.runs)
-    fig, axes = grid(len(targets) * max(1, len(keys)), ncols=max(1, len(keys)), nrows=len(targets))
+    ncols = max(1, len(keys))
+    fig, axes = grid(2 * len(targets) * ncols, ncols=ncols, nrows=2 * len(targets))
     for i, t in enumerate(targets):
-        for j, key in enumerate(keys):
-            ax = axes[i * len(keys) + j]
-            g, f = _sel(ok[ok["target"] == t], key), _sel(fits[fits["target"] == t], key).set_index("model_label")
-            for (lab, n), gs in g.groupby(["model_label", "n_params"], sort=False):
-                ax.scatter(gs["defense_flops_cum"], gs["attack_flops"], s=8, alpha=0.35, color=colors.get(lab))
-                med = gs.groupby("round")[["defense_flops_cum", "attack_flops"]].median()
-                fl = f.loc[lab]
-                ax.plot(med["defense_flops_cum"], med["attack_flops"], marker="o", ms=3, color=colors.get(lab),
-                        label=f"{size_label(lab, n)}: {_slope_text(fl)}")
-            missing = int(_sel(points[(points["target"] == t) & (points["round"] >= 1)], key)["never"].sum())
-            if len(g):
-                log_axis(ax, "x")
-                log_axis(ax, "y")
-                _guides(ax, g["defense_flops_cum"].to_numpy(np.float64), g["attack_flops"].to_numpy(np.float64))
-            else:
-                note(ax, NO_ROUNDS if not (points["round"] >= 1).any() else f"{t:.0%} ASR never reached")
-            ax.text(0.02, 0.98, f"never reached: {missing}", transform=ax.transAxes, va="top", fontsize=8)
-            ax.set_xlabel("cumulative defense FLOPs")
-            ax.set_ylabel(f"attack FLOPs to reach {t:.0%} ASR")
-            ax.set_title(panel_title(key, len(res.sweeps) > 1) + f", target {t:.0%}", fontsize=10)
+        for v, (xcol, ycol, xlab, ylab) in enumerate(OFFENSE_AXES):
+            for j, key in enumerate(keys):
+                ax = axes[(2 * i + v) * ncols + j]
+                g = _sel(ok[(ok["target"] == t) & (ok[xcol] > 0) & (ok[ycol] > 0)], key)
+                f = _sel(fits[fits["target"] == t], key).set_index("model_label")
+                for (lab, n), gs in g.groupby(["model_label", "n_params"], sort=False):
+                    ax.scatter(gs[xcol], gs[ycol], s=8, alpha=0.35, color=colors.get(lab))
+                    med = gs.groupby("round")[[xcol, ycol]].median()
+                    extra = f": {_slope_text(f.loc[lab])}" if v == 0 else ""
+                    ax.plot(med[xcol], med[ycol], marker="o", ms=3, color=colors.get(lab),
+                            label=size_label(lab, n) + extra)
+                missing = int(_sel(points[(points["target"] == t) & (points["round"] >= 1)], key)["never"].sum())
+                if len(g):
+                    log_axis(ax, "x")
+                    log_axis(ax, "y")
+                    _guides(ax, g[xcol].to_numpy(np.float64), g[ycol].to_numpy(np.float64))
+                elif v and len(_sel(ok[ok["target"] == t], key)):
+                    note(ax, "pretraining FLOPs unknown")
+                else:
+                    note(ax, NO_ROUNDS if not (points["round"] >= 1).any() else f"{t:.0%} ASR never reached")
+                ax.text(0.02, 0.98, f"never reached: {missing}", transform=ax.transAxes, va="top", fontsize=8)
+                ax.set_xlabel(xlab)
+                ax.set_ylabel(ylab.format(t=t), fontsize=9)
+                ax.set_title(panel_title(key, len(res.sweeps) > 1) + f", target {t:.0%}", fontsize=10)
     size_legends(fig, axes, res.runs, loc="lower right")
     return Figure("fig5_offense_defense", "Offense against defense compute",
                   finish(fig, "Offense vs defense (dashed: slope 1, parity)"),

@@ -25,6 +25,11 @@ from hpcrobust.store.results import ResultsFile, committed_id, is_committed
 from hpcrobust.store.schema import RUNS, TRANSFER, decode_text
 
 SIZE_KEYS = ["sweep", "task", "model_label", "n_params"]
+CURVE = ("asr", "asr_cum", "k", "flops", "flops_actual")  # per-iteration columns of Results.asr
+# What the `asr` columns hold: the reference's ASR (the candidate current at t is misclassified), or, for files
+# written before `asr_current` existed, the cumulative ASR (flipped at or before t), said so in the report.
+REFERENCE_ASR = "reference (current candidate at t)"
+CUMULATIVE_ASR = "cumulative (file has no asr_current)"
 
 
 @dataclass
@@ -44,7 +49,9 @@ class Sweep:
 @dataclass
 class Results:
     """Tidy tables. runs: one row per run; rounds: per committed (run, round); attacks: per (run, round,
-    attack) summary; asr: per (run, round, attack, iteration); transfer: per (round, attack, source, target)."""
+    attack) summary; asr: per (run, round, attack, iteration); transfer: per (round, attack, source, target).
+    `asr` columns hold the reference's ASR (see REFERENCE_ASR), `asr_cum` the cumulative one; `flops` is the
+    cumulative nominal attack FLOPs after each iteration (index 0: setup)."""
 
     runs: pd.DataFrame
     rounds: pd.DataFrame
@@ -173,6 +180,8 @@ class _Reader:
                               "model_label": str(meta.get(S.MODEL_LABEL, run.split("__")[0])),
                               "seed": int(meta.get(S.SEED, -1)), "n_params": first.get(S.N_PARAMS, np.nan),
                               "pretrain_flops": first.get(S.PRETRAIN_FLOPS, np.nan),
+                              "pretrain_n": first.get(S.PRETRAIN_N, np.nan),
+                              "pretrain_tokens": first.get(S.PRETRAIN_TOKENS, np.nan),
                               "train_attack": name, "train_attack_type": ttype, "n_rounds": n_rounds})
         for r, tg in (f[TRANSFER].items() if TRANSFER in f else []):
             if is_committed(tg):
@@ -185,38 +194,45 @@ class _Reader:
 
     def _attack(self, path: Path, rid: str, rnd: int, att: str, ag, dcum: float) -> None:
         try:
-            asr = _array(ag, S.ASR.encode(), np.float64)
+            cum = _array(ag, S.ASR.encode(), np.float64)
             correct = _array(ag, S.CORRECT_BEFORE.encode(), bool)
             fl = _array(ag, S.ATTACK_FLOPS_NOMINAL.encode(), np.float64)
         except (KeyError, TypeError, ValueError, OSError):
             raise UserError(f"{path}: run {rid} round {rnd} attack {att} lacks readable asr, correct_before"
                             " or flops_nominal") from None
         try:
+            asr, definition = _array(ag, S.ASR_CURRENT.encode(), np.float64), REFERENCE_ASR
+        except (KeyError, TypeError, ValueError, OSError):
+            asr, definition = cum, CUMULATIVE_ASR  # written before asr_current existed
+        try:
             fa = _array(ag, S.ATTACK_FLOPS_ACTUAL.encode(), np.float64)
         except (KeyError, TypeError, ValueError, OSError):
             fa = fl * np.nan
         n = int(correct.sum())
         k = np.where(np.isfinite(asr), asr, 0.0) * n
-        cum = np.cumsum(fl)
+        cflops = np.cumsum(fl)
         self.asr.append(({"run": rid, "round": rnd, "attack": att, "n": n},
-                         {"iteration": np.arange(len(asr)), "asr": asr, "k": k, "flops": cum,
+                         {"iteration": np.arange(len(asr)), "asr": asr, "asr_cum": cum, "k": k, "flops": cflops,
                           "flops_actual": np.cumsum(fa)}))
         final = asr[-1] if len(asr) else np.nan
-        n_ex = len(correct)
+        n_ex, n_its = len(correct), len(asr) - 1
         pre = n / n_ex if n_ex else np.nan
+        total = cflops[-1] if len(cflops) else 0.0
         self.attacks.append({"run": rid, "round": rnd, "attack": att, "n_examples": n_ex, "n_correct": n,
-                             "n_success": k[-1] if len(k) else 0.0, "asr": final, "pre_acc": pre,
-                             "post_acc": pre * (1 - final) if n else pre, "attack_flops": cum[-1] if len(cum) else 0,
-                             "n_iterations": len(asr) - 1, "defense_flops_cum": dcum})
+                             "n_success": k[-1] if len(k) else 0.0, "asr": final,
+                             "asr_cum": cum[-1] if len(cum) else np.nan, "asr_definition": definition,
+                             "pre_acc": pre, "post_acc": pre * (1 - final) if n else pre, "attack_flops": total,
+                             "flops_per_iteration": total / n_its if n_its > 0 else np.nan,
+                             "n_iterations": n_its, "early_stop": _scalar(ag, S.EARLY_STOP.encode()),
+                             "defense_flops_cum": dcum})
 
     def asr_frame(self) -> pd.DataFrame:
         if not self.asr:
-            return pd.DataFrame(columns=["run", "round", "attack", "n", "iteration", "asr", "k", "flops",
-                                         "flops_actual"])
+            return pd.DataFrame(columns=["run", "round", "attack", "n", "iteration", *CURVE])
         lens = np.array([len(a["asr"]) for _, a in self.asr])
         cols = {key: np.repeat(np.array([m[key] for m, _ in self.asr]), lens) for key in ("run", "round", "attack",
                                                                                         "n")}
-        for key in ("iteration", "asr", "k", "flops", "flops_actual"):
+        for key in ("iteration", *CURVE):
             cols[key] = np.concatenate([a[key] for _, a in self.asr])
         return pd.DataFrame(cols)
 

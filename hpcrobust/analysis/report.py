@@ -19,7 +19,7 @@ import pandas as pd
 from hpcrobust.analysis import figures_attack as FA
 from hpcrobust.analysis import figures_defense as FD
 from hpcrobust.analysis import tables as T
-from hpcrobust.analysis.loader import Results, load
+from hpcrobust.analysis.loader import CUMULATIVE_ASR, Results, load
 from hpcrobust.analysis.plotting import Figure, fmt_params
 from hpcrobust.errors import UserError
 
@@ -85,6 +85,41 @@ def _inputs(res: Results) -> list[str]:
     return lines
 
 
+def definitions(res: Results) -> list[str]:
+    """What the numbers mean (the reference's definitions), and loud notes where a file departs from them."""
+    md = ["## Definitions", "",
+          "- **ASR at iteration t** (figures and fits): the share of the examples classified correctly before the"
+          " attack whose *current* candidate at iteration t is misclassified, as in the paper's code (0 at t = 0)."
+          " The cumulative ASR (flipped at or before t) is the `asr_cum` column of the CSVs.",
+          "- **Attack compute at t**: t × (total attack FLOPs / n_iterations), averaged over seeds; iteration 0's"
+          " setup (GCG's initial string) is spread over the iterations, as in the paper's code.",
+          "- **Slope**: OLS of logit10(ASR) on log10(attack compute at t) per size, seeds pooled, iterations ≥ 1,"
+          " points at ASR 0 or 1 dropped, no smoothing (figure 2's curves are Laplace-smoothed for drawing).",
+          "- **Offense/defense**: the iteration where the ASR first reaches the target (linear interpolation) times"
+          " the size's mean FLOPs per iteration; defense compute = training + training-attack FLOPs of rounds"
+          " 1..r (evaluation excluded); as fractions: per attacked example, and the seed-mean per (size, round),"
+          " over pretraining compute 6·N·D.", ""]
+    att = res.attacks
+    old = att[att["asr_definition"] == CUMULATIVE_ASR]
+    if len(old):
+        md += [f"> **Note:** no `asr_current` for {_which(old)} (files written before it existed): their ASR is"
+               " the cumulative one (flipped at or before t), not the paper's.", ""]
+    early = att[att["early_stop"] == 1]
+    if len(early):
+        md += [f"> **Early stopping:** for {_which(early)}, examples stopped at their first success (`early_stop`)."
+               " The later iterations then cost less and the ASR is cumulative, so their compute axis,"
+               " attack-scaling slopes and offense/defense compute are not comparable to the paper's (which runs"
+               " every iteration on every example).", ""]
+    return md
+
+
+def _which(att: pd.DataFrame) -> str:
+    pairs = att[["sweep", "attack"]].drop_duplicates()
+    multi = pairs["sweep"].nunique() > 1
+    names = [f"`{sw}/{a}`" if multi else f"`{a}`" for sw, a in pairs.itertuples(index=False)]
+    return ("attack " if len(names) == 1 else "attacks ") + ", ".join(names)
+
+
 def analyze(paths: list[str | Path], out: str | Path, targets: tuple[float, ...] = T.DEFAULT_TARGETS,
             n_boot: int = 1000) -> Report:
     """Read `paths`, write every figure, its CSV, the tables and report.md into `out`."""
@@ -95,7 +130,8 @@ def analyze(paths: list[str | Path], out: str | Path, targets: tuple[float, ...]
     out.mkdir(parents=True, exist_ok=True)
     rep = Report(out)
     title = res.title
-    md = [f"# {title}: hpcrobust analysis" if title else "# hpcrobust analysis", "", "Inputs:", *_inputs(res), ""]
+    md = [f"# {title}: hpcrobust analysis" if title else "# hpcrobust analysis", "", "Inputs:", *_inputs(res), "",
+          *definitions(res)]
     figs = figures(res, tuple(targets), n_boot)
     for fig in figs:
         if title:

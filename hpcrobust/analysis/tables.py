@@ -24,7 +24,8 @@ def _cached(res: Results, key: str, make):
 
 
 def asr_summary(res: Results) -> pd.DataFrame:
-    """Final-iteration ASR per (panel, round, size): median with min-max over seeds, or Wilson 95% for one seed."""
+    """Final-iteration reference ASR per (panel, round, size): median with min-max over seeds, or Wilson 95% for
+    one seed; the cumulative ASR's median next to it."""
     return _cached(res, "asr_summary", lambda: _asr_summary(res)).copy()
 
 
@@ -33,7 +34,7 @@ def _asr_summary(res: Results) -> pd.DataFrame:
     g = res.attacks.groupby(keys, sort=False)
     aggs = {"n_seeds": ("seed", "nunique"), "n_runs": ("seed", "size"), "k": ("n_success", "first"),
             "n": ("n_correct", "first")}
-    for col in ("asr", "pre_acc", "post_acc"):
+    for col in ("asr", "asr_cum", "pre_acc", "post_acc"):
         aggs.update({f"{col}_median": (col, "median"), f"{col}_min": (col, "min"), f"{col}_max": (col, "max")})
     df = g.agg(**aggs).reset_index()
     one = df["n_runs"] == 1
@@ -41,39 +42,77 @@ def _asr_summary(res: Results) -> pd.DataFrame:
     df["asr_lo"] = np.where(one, lo, df["asr_min"])
     df["asr_hi"] = np.where(one, hi, df["asr_max"])
     df["interval"] = np.where(one, "wilson95", "min-max")
-    cols = [*keys, "n_seeds", "asr_median", "asr_min", "asr_max", "asr_lo", "asr_hi", "interval",
+    cols = [*keys, "n_seeds", "asr_median", "asr_min", "asr_max", "asr_lo", "asr_hi", "interval", "asr_cum_median",
             *(f"{c}_{s}" for c in ("pre_acc", "post_acc") for s in ("median", "min", "max"))]
     return df[cols].sort_values([*PANEL, "round", "n_params", "model_label"], kind="stable").reset_index(drop=True)
 
 
+def per_iteration_flops(res: Results, keys: list[str]) -> pd.Series:
+    """The reference's attack FLOPs per iteration: total attack FLOPs / n_iterations (setup included, spread
+    evenly), averaged over the runs that share `keys`; indexed like res.attacks."""
+    att = res.attacks
+    return att.groupby(keys, sort=False)["flops_per_iteration"].transform("mean")
+
+
 def scaling_points(res: Results) -> pd.DataFrame:
-    """Every (run, round, attack, iteration) with the smoothed ASR's logit10 and attack FLOPs (absolute and as a
-    fraction of pretraining compute). Points with no attack FLOPs yet cannot sit on a log axis, and curves with no
-    example correct before the attack have no ASR: both are dropped."""
+    """Every (run, round, attack, iteration t >= 1) with the reference ASR and the attack compute at t as the
+    reference defines it: t times the seed-mean FLOPs per iteration of that (panel, round, size), absolute
+    and as a fraction of pretraining compute. Iteration 0 (no attack step yet: ASR 0 by definition, and only
+    GCG's setup FLOPs) is left out for every attack, as are curves with no example correct before the attack.
+    `logit` (Laplace-smoothed, for drawing) and `logit_raw` (what the fits use: infinite at ASR 0 or 1) are
+    both kept, with the cumulative ASR `asr_cum` for comparison."""
     a = res.asr
-    df = a[[*SIZE_KEYS, "attack", "run", "seed", "round", "iteration", "flops", "k", "n"]].copy()
-    df["logit"] = logit10(laplace(a["k"].to_numpy(), a["n"].to_numpy()))
+    att = res.attacks[["run", "round", "attack", "asr_definition", "early_stop"]].copy()
+    att["flops_per_iteration"] = per_iteration_flops(res, [*PANEL, "round", "model_label"])
+    df = a[[*SIZE_KEYS, "attack", "run", "seed", "round", "iteration", "asr", "asr_cum", "k", "n"]].merge(
+        att, on=["run", "round", "attack"], how="left")
+    df["flops"] = df["iteration"] * df["flops_per_iteration"]
+    df["logit"] = logit10(laplace(df["k"].to_numpy(), df["n"].to_numpy()))
+    df["logit_raw"] = logit10(df["asr"].to_numpy(np.float64))
     pre = a["pretrain_flops"].to_numpy(dtype=np.float64)
-    df["flops_frac"] = np.where(pre > 0, a["flops"].to_numpy() / np.where(pre > 0, pre, 1), np.nan)
-    return df[(df["flops"] > 0) & (df["n"] > 0)].reset_index(drop=True)  # n = 0: no ASR to smooth
+    df["flops_frac"] = np.where(pre > 0, df["flops"].to_numpy() / np.where(pre > 0, pre, 1), np.nan)
+    keep = (df["iteration"] >= 1) & (df["flops"] > 0) & (df["n"] > 0)
+    return df[keep].drop(columns="flops_per_iteration").reset_index(drop=True)
 
 
 def scaling_fits(points: pd.DataFrame) -> pd.DataFrame:
-    """OLS of logit10(smoothed ASR) on log10(attack FLOPs) per (panel, round, size), pooling the seeds' points."""
+    """The reference's attack-scaling fit: OLS of logit10(ASR) on log10(attack compute at t) per (panel, round,
+    size), pooling the seeds' points of iterations >= 1; points at ASR 0 or 1 (infinite logit) are dropped and
+    nothing is smoothed. The slope is the same against compute / pretraining compute (a constant per size)."""
     rows = []
     keys = [*PANEL, "round", "model_label", "n_params"]
     for key, g in points.groupby(keys, sort=False):
-        fit = ols(np.log10(g["flops"].to_numpy()), g["logit"].to_numpy())
-        frac = ols(np.log10(g["flops_frac"].to_numpy()), g["logit"].to_numpy())
+        fit = ols(np.log10(g["flops"].to_numpy()), g["logit_raw"].to_numpy())
+        frac = ols(np.log10(g["flops_frac"].to_numpy()), g["logit_raw"].to_numpy())
         rows.append({**dict(zip(keys, key, strict=True)), "slope": fit.slope, "intercept": fit.intercept,
                      "intercept_frac": frac.intercept, "r2": fit.r2, "n_points": fit.n,
-                     "n_seeds": int(g["seed"].nunique())})
-    df = pd.DataFrame(rows, columns=[*keys, "slope", "intercept", "intercept_frac", "r2", "n_points", "n_seeds"])
+                     "n_seeds": int(g["seed"].nunique()), "asr_definition": g["asr_definition"].iloc[0],
+                     "early_stop": bool((g["early_stop"] == 1).any())})
+    cols = [*keys, "slope", "intercept", "intercept_frac", "r2", "n_points", "n_seeds", "asr_definition",
+            "early_stop"]
+    df = pd.DataFrame(rows, columns=cols)
     return df.sort_values([*PANEL, "round", "n_params"], kind="stable").reset_index(drop=True)
 
 
+def slope_regression(fits: pd.DataFrame) -> pd.DataFrame:
+    """The paper's second regression: the per-size attack-scaling slope on log10(parameters), per (panel,
+    round); needs two sizes with a finite slope (else NaN)."""
+    rows = []
+    keys = [*PANEL, "round"]
+    for key, g in fits.groupby(keys, sort=False):
+        g = g[np.isfinite(g["slope"].to_numpy(np.float64))]
+        fit = ols(np.log10(g["n_params"].to_numpy(np.float64)), g["slope"].to_numpy(np.float64))
+        rows.append({**dict(zip(keys, key, strict=True)), "slope_per_decade": fit.slope,
+                     "intercept": fit.intercept, "r2": fit.r2, "n_sizes": int(g["model_label"].nunique())})
+    return pd.DataFrame(rows, columns=[*keys, "slope_per_decade", "intercept", "r2", "n_sizes"])
+
+
 def offense_points(res: Results, targets: tuple[float, ...] = DEFAULT_TARGETS) -> pd.DataFrame:
-    """Attack FLOPs (and fractional iteration) that first reach each target ASR, per (run, round, attack)."""
+    """Attack compute that first reaches each target ASR, per (run, round, attack), as the reference measures it:
+    the iteration where the reference ASR first reaches the target (linear interpolation from the iteration
+    before) times the FLOPs per iteration averaged over the size's seeds and rounds. `attack_frac` is that per
+    attacked example over pretraining compute, `defense_frac` the seed-mean cumulative defense FLOPs of the
+    (size, round) over pretraining compute, as in the reference's offense/defense figure."""
     a = res.asr
     bounds = np.flatnonzero(a["iteration"].to_numpy() == 0).tolist() + [len(a)]
     asr, flops = a["asr"].to_numpy(), a["flops"].to_numpy()
@@ -83,12 +122,20 @@ def offense_points(res: Results, targets: tuple[float, ...] = DEFAULT_TARGETS) -
         for t in targets:
             tc = target_compute(asr[s:e], flops[s:e], t)
             rows.append({"run": head["run"], "round": int(head["round"]), "attack": head["attack"], "target": t,
-                         "iteration": tc.iteration, "attack_flops": tc.flops, "never": tc.never,
-                         "undefined": not np.isfinite(asr[s:e]).all()})
-    pts = pd.DataFrame(rows, columns=["run", "round", "attack", "target", "iteration", "attack_flops", "never",
-                                      "undefined"])
-    meta = res.attacks[["run", "round", "attack", *SIZE_KEYS, "seed", "defense_flops_cum"]]
+                         "iteration": tc.iteration, "never": tc.never, "undefined": not np.isfinite(asr[s:e]).all()})
+    pts = pd.DataFrame(rows, columns=["run", "round", "attack", "target", "iteration", "never", "undefined"])
+    att = res.attacks
+    meta = att[["run", "round", "attack", *SIZE_KEYS, "seed", "pretrain_flops", "defense_flops_cum",
+                "n_examples"]].copy()
+    meta["flops_per_iteration"] = per_iteration_flops(res, [*PANEL, "model_label"])
+    meta["defense_mean"] = att.groupby([*PANEL, "model_label", "round"], sort=False)["defense_flops_cum"].transform(
+        "mean")
     pts = meta.merge(pts, on=["run", "round", "attack"], how="right")
+    pts["attack_flops"] = pts["iteration"] * pts["flops_per_iteration"]
+    pre = pts["pretrain_flops"].where(pts["pretrain_flops"] > 0)
+    pts["attack_frac"] = pts["attack_flops"] / pts["n_examples"].where(pts["n_examples"] > 0) / pre
+    pts["defense_frac"] = pts["defense_mean"] / pre
+    pts = pts.drop(columns=["flops_per_iteration", "defense_mean"])
     return pts.sort_values([*PANEL, "target", "n_params", "model_label", "seed", "round"],
                            kind="stable").reset_index(drop=True)
 
@@ -147,7 +194,8 @@ def transfer_sizes(res: Results) -> pd.DataFrame:
 
 
 def pretrain_table(res: Results) -> pd.DataFrame:
-    """Pretraining compute per model, with the per-model settings from the stored config."""
+    """Pretraining compute per model with its N and D (6·N·D; NaN in files written before they were stored), and
+    the per-model settings from the stored config."""
     per_model = {}
     for sw in res.sweeps:
         for m in sw.config.get("models") or []:
@@ -158,6 +206,7 @@ def pretrain_table(res: Results) -> pd.DataFrame:
         m = per_model.get((sweep, label), {})
         rows.append({"sweep": sweep, "model_label": label, "model": g["model"].iloc[0],
                      "n_params": g["n_params"].iloc[0], "pretrain_flops": g["pretrain_flops"].iloc[0],
+                     "pretrain_n": g["pretrain_n"].iloc[0], "pretrain_tokens": g["pretrain_tokens"].iloc[0],
                      "seeds": " ".join(str(s) for s in sorted(g["seed"].unique())),
                      "lr_scale": m.get("lr_scale", np.nan), "rounds": int(g["n_rounds"].max()) - 1})
     return pd.DataFrame(rows).sort_values(["sweep", "n_params"], kind="stable").reset_index(drop=True)

@@ -6,7 +6,7 @@ polars, R (arrow::read_parquet, readr::read_csv) or a spreadsheet read them dire
     runs       one row per run: sweep, task, model, size, seed, pretraining compute, training attack
     rounds     one row per committed (run, round): every round scalar
     attacks    one row per (run, round, attack): final ASR, accuracy before/after, attack and defense compute
-    asr        one row per (run, round, attack, iteration): the ASR curve and cumulative attack FLOPs
+    asr        one row per (run, round, attack, iteration): reference (asr) and cumulative (asr_cum) ASR, attack FLOPs
     transfer   one row per (round, attack, source run, target run): transfer ASR
     sweeps     one row per sweep: its label, experiment name, identity and files
 
