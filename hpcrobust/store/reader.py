@@ -56,7 +56,7 @@ def load(path: str | Path) -> pd.DataFrame:
 
 def load_attacks(path: str | Path) -> pd.DataFrame:
     """One row per committed (run, round, attack): final ASR (`asr`: the reference's, of the candidate current at
-    the last iteration; `asr_cumulative`: flipped at any iteration), iterations, compute, and whether the
+    the last iteration; `asr_cum`: flipped at any iteration), iterations, compute, and whether the
     attack was an ensemble (one string for every size of a seed) or stopped early."""
     cfg = stored_config(path)
     kinds = {a["name"]: a for a in cfg.get("attacks", [])}
@@ -73,7 +73,7 @@ def load_attacks(path: str | Path) -> pd.DataFrame:
                                  "seed": int(g.attrs.get(S.SEED, -1)), "round": int(r), "attack": name,
                                  "type": a.get("type"), "ensemble": bool(a.get("ensemble", False)),
                                  "iterations": len(asr) - 1, "asr": float(ag[S.ASR_CURRENT][-1]),
-                                 "asr_cumulative": float(asr[-1]), "early_stop": bool(ag[S.EARLY_STOP][()]),
+                                 "asr_cum": float(asr[-1]), "early_stop": bool(ag[S.EARLY_STOP][()]),
                                  "n_correct_before": int(ag[S.CORRECT_BEFORE][()].sum()),
                                  "flops_nominal": float(ag[S.ATTACK_FLOPS_NOMINAL][()].sum()),
                                  "flops_actual": float(ag[S.ATTACK_FLOPS_ACTUAL][()].sum())})
