@@ -186,9 +186,10 @@ class Attack(ABC):
         return None
 
     def current_flips(self, st: ExampleState, its: range) -> list[bool]:
-        """Whether the candidate current at each iteration of `its` is misclassified; an attack whose step
-        covers several iterations (RandomToken) says per iteration."""
-        return [st.now_flipped] * len(its)
+        """Whether the candidate current at each iteration of `its` is misclassified (the reference's ASR). By
+        default an example's first success stays its result (RandomToken, and a plug-in that says nothing); an
+        attack that can move away from a success (GCG) returns `st.now_flipped` instead."""
+        return [0 <= st.first_success <= it for it in its]
 
     def update_setup(self, st: ExampleState, cands: np.ndarray, sc: Scores) -> None:
         best = int(np.argmin(sc.losses))
@@ -298,7 +299,7 @@ def run_attack(attack: Attack, engine: ScoringEngine, group: Comm, examples: lis
         for t, c in zip(totals, part, strict=True):
             t.add(c)
     for st in states:  # an example that stopped keeps its last candidate for the remaining iterations
-        hits[st.i, reached[st.i] + 1:] = st.now_flipped
+        hits[st.i, reached[st.i] + 1:] = attack.current_flips(st, range(reached[st.i] + 1, n_it + 1))
     first = np.array([st.first_success for st in states], dtype=np.int64)
     asr = asr_curve(first, correct_before, n_it)
     tok = engine.clf.tokenizer

@@ -164,6 +164,9 @@ class Beast(Attack):
             s["width"] = beams.shape[1]
         return s["logits"].cpu().numpy()
 
+    def current_flips(self, st: ExampleState, its: range) -> list[bool]:
+        return [st.now_flipped] * len(its)  # the best candidate seen
+
     def propose(self, st: ExampleState, step: int, engine: ScoringEngine) -> np.ndarray:
         logits = self._advance_sampler(st)
         beams: np.ndarray = st.extra["beams"]

@@ -161,6 +161,9 @@ class GCG(Attack):
         super().update_setup(st, cands, sc)
         st.extra["buffer"].offer(float(sc.losses[0]), cands[0], bool(sc.flipped[0]))
 
+    def current_flips(self, st: ExampleState, its: range) -> list[bool]:
+        return [st.now_flipped] * len(its)  # the next string may have lost the success
+
     def propose(self, st: ExampleState, step: int, engine: ScoringEngine) -> np.ndarray:
         grad = token_gradient(engine, st.i, st.enc, st.tokens)
         return self.sampler.candidates(grad, st.tokens, stream(self.seed, *self.key, "gcg", st.example, step))

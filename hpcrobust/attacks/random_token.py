@@ -77,6 +77,3 @@ class RandomToken(Attack):
         if len(hits):
             st.first_success, st.now_flipped = its[pick], True
             st.done = self.stops_early
-
-    def current_flips(self, st: ExampleState, its: range) -> list[bool]:
-        return [0 <= st.first_success <= it for it in its]
