@@ -66,7 +66,8 @@ def run_round(ctx: SweepContext, run: RunSpec, rnd: int, tables: dict) -> RoundS
     if lay.is_group_leader:
         checkpoint.save(ctx, clf, run, rnd, pool, scalars[S.DEFENSE_FLOPS_CUM])
     scalars.update({S.WALL_TIME: lay.group.allreduce_max(time.time() - t0), S.N_PARAMS: clf.n_params,
-                    S.PRETRAIN_FLOPS: float(clf.pretrain_flops)})
+                    S.PRETRAIN_FLOPS: float(clf.pretrain_flops), S.N_DROPPED_TRAIN: ctx.task.n_dropped_train,
+                    S.N_DROPPED_VAL: ctx.task.n_dropped_val})
     return state
 
 
@@ -91,7 +92,7 @@ def finetune(ctx: SweepContext, clf: Classifier, run: RunSpec) -> dict[str, floa
     ft, m = ctx.cfg.finetune, ctx.model(run)
     start = clf.meter.total.snapshot()
     n_random = m.random_token_defense if m.random_token_defense >= 0 else ft.random_token_defense
-    seqs = finetune_sequences(clf, ctx.task, ctx.cfg.task.max_content_tokens, n_random, run.seed, run.key)
+    seqs = finetune_sequences(clf, ctx.task, n_random, run.seed, run.key)
     res = train(clf, seqs, [e.label for e in ctx.task.train], finetune_spec(ft, m.lr_scale), ctx.layout.group,
                 run.seed, (run.key, "finetune"))
     spent = group_flops(ctx, clf.meter.total.since(start))
@@ -111,7 +112,7 @@ def adversarial(ctx: SweepContext, clf: Classifier, run: RunSpec, rnd: int, pool
     base = cfg.train_attack()
     a = base.plugin.for_training(base, n_it, adv.n_new_examples)
     picked = attacked_examples(a.n_examples, len(train_set), run.seed, run.key, rnd)
-    encs = encode_examples(a, clf.tokenizer, train_set, picked, cfg.task.max_content_tokens)
+    encs = encode_examples(a, clf.tokenizer, train_set, picked)
     attack = a.plugin.build(a, ctx.attack_env(run, rnd, clf, purpose="train"))
     # Every sampled example is attacked, including ones the model already gets wrong.
     res = run_attack(attack, ScoringEngine(clf, cfg.parallel.score_chunk), group, encs,
@@ -121,7 +122,7 @@ def adversarial(ctx: SweepContext, clf: Classifier, run: RunSpec, rnd: int, pool
              [enc.label for _, enc in encs], rnd, res.final_loss.tolist())
 
     start = clf.meter.total.snapshot()
-    rs = round_training_set(pool, adv, train_set, clf.tokenizer, cfg.task.max_content_tokens, run.seed, run.key, rnd)
+    rs = round_training_set(pool, adv, train_set, clf.tokenizer, run.seed, run.key, rnd)
     scale = m.adv_lr_scale if m.adv_lr_scale >= 0 else m.lr_scale
     tr = train(clf, rs.seqs, rs.labels, round_spec(adv, cfg.finetune, scale), group, run.seed,
                (run.key, "advtrain", rnd))
@@ -136,7 +137,7 @@ def adversarial(ctx: SweepContext, clf: Classifier, run: RunSpec, rnd: int, pool
 
 
 def clean_accuracy(ctx: SweepContext, clf: Classifier) -> tuple[np.ndarray, float]:
-    val = [clean_ids(clf.tokenizer, e, ctx.cfg.task.max_content_tokens) for e in ctx.task.val]
+    val = [clean_ids(clf.tokenizer, e) for e in ctx.task.val]
     pred, _ = predict(clf, val, ctx.cfg.finetune.eval_batch_size, ctx.layout.group)
     labels = np.array([e.label for e in ctx.task.val])
     return pred, float((pred == labels).mean())
