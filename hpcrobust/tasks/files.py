@@ -20,6 +20,7 @@ from hpcrobust.tasks.base import Example, TaskData
 from hpcrobust.tasks.config import TaskConfig
 from hpcrobust.tasks.generated import ANSWER_PROMPT
 from hpcrobust.tasks.hf import ARROW_SUFFIXES, PARQUET_SUFFIXES, Table, read_dataset_id, read_path
+from hpcrobust.tasks.layouts import read_layout
 from hpcrobust.tasks.specs import SPECS
 
 TEXT_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
@@ -75,7 +76,8 @@ def read_source(cfg: TaskConfig) -> Table:
         return read_dataset_id(cfg.dataset, cfg.revision, wanted)
     path = Path(cfg.path).expanduser()
     if path.is_dir():
-        return read_path(path, wanted)
+        layout = read_layout(path, cfg.text_column, cfg.label_column, cfg.seed)  # aclImdb/, Enron ham/ spam/
+        return layout if layout is not None else read_path(path, wanted)
     if not path.is_file():
         raise UserError(f"task.path: file not found: {path}")
     if path.suffix.lower() in TEXT_SUFFIXES:
@@ -113,12 +115,15 @@ def _split(table: Table, cfg: TaskConfig) -> tuple[list[Example], list[Example],
     table, see TaskData.shared)."""
     splits, where = table.splits, table.where
     named = [s for s in splits if s]
-    if cfg.val_split in splits or len(named) > 1:
-        for key, name in (("train_split", cfg.train_split), ("val_split", cfg.val_split)):
+    val_split = cfg.val_split
+    if val_split == VAL_NAMES[0] and val_split not in splits and "test" in splits:
+        val_split = "test"  # the reference validates on the source's test split (IMDB, Enron spam, HH-RLHF)
+    if val_split in splits or len(named) > 1:
+        for key, name in (("train_split", cfg.train_split), ("val_split", val_split)):
             if name not in splits:
                 raise UserError(f"{where}: no split '{name}' (splits: {', '.join(named)}); set task.{key}")
         train = _examples(splits[cfg.train_split], cfg, f"{where} [{cfg.train_split}]")
-        return train, _examples(splits[cfg.val_split], cfg, f"{where} [{cfg.val_split}]"), False
+        return train, _examples(splits[val_split], cfg, f"{where} [{val_split}]"), False
     records = next(iter(splits.values()), [])  # one table (a single named split counts as one table)
     if not records:
         raise UserError(f"{where}: no records")
