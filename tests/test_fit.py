@@ -101,3 +101,18 @@ def test_too_few_examples_left_is_one_line_and_exit_2(tiny):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "task.n_train: only 18 training examples fit (6 dropped" in lines[0], lines
     assert not (tiny.parent / "out.h5").exists()
+
+
+def test_room_for_the_longest_attack_and_the_context_a_config_states():
+    from transformers import GPT2Config, GPTNeoXConfig, PretrainedConfig
+
+    from hpcrobust.config import load_config
+    from hpcrobust.sweep.examples import NO_LIMIT, context_length, reserve
+    from tests.conftest import TINY
+
+    assert reserve(load_config(TINY)) == 5  # rt has 5 attack tokens, gcg 4
+    assert reserve(load_config(TINY, ["finetune.random_token_defense=12"])) == 12
+    assert reserve(load_config(TINY, ["attacks.1.n_attack_tokens=30"])) == 30
+    assert context_length(GPTNeoXConfig(max_position_embeddings=77)) == 77
+    assert context_length(GPT2Config(n_positions=33)) == 33
+    assert context_length(PretrainedConfig()) == NO_LIMIT
