@@ -18,8 +18,8 @@ TASKS = GENERATED_TASKS + FILE_TASKS
 @dataclass
 class TaskConfig:
     name: str = setting("password_match", choices=TASKS, doc="which task to fine-tune and attack")
-    path: str = setting("", doc="file task: a JSONL, CSV, Parquet or Arrow file, or a `save_to_disk` folder"
-                        " (refused for generated tasks)")
+    path: str = setting("", doc="file task: a JSONL, CSV, Parquet or Arrow file, a `save_to_disk` folder, IMDB's"
+                        " `aclImdb/` or Enron's `ham/` + `spam/` folders (refused for generated tasks)")
     dataset: str = setting("", doc="file task: a Hugging Face dataset id already in the local HF cache (read"
                            " offline; instead of task.path)")
     revision: str = setting("", doc="task.dataset: branch, tag or commit in the cache (default: main)")
