@@ -118,3 +118,14 @@ def test_spam_from_enron_ham_spam_folders_and_setfit_files(tmp_path):
         (setfit / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     d = load_task(TaskConfig(name="spam", path=str(setfit), n_train=8, n_val=3))
     assert [e.content for e in d.val] == [f"test mail {i}" for i in range(3)]  # the test split validates
+
+
+def test_a_sweep_reads_the_aclimdb_folder_and_a_changed_review_is_another_sweep(tiny):
+    _acl_imdb(tiny.parent / "data", n=8)
+    args = ["task={name: imdb, path: data/aclImdb, n_train: 12, n_val: 6}", "models=[builtin:xs]", "seeds=[0]",
+            "attacks=[{name: rt, type: random_token, n_examples: 4, n_iterations: 2, n_attack_tokens: 3}]", "--quiet"]
+    proc = run_cli(["run", str(tiny), *args], cwd=tiny.parent)
+    assert proc.returncode == 0, proc.stderr
+    (tiny.parent / "data" / "aclImdb" / "test" / "pos" / "0_7.txt").write_text("edited")
+    again = run_cli(["run", str(tiny), *args], cwd=tiny.parent)  # the folder's contents are part of the identity
+    assert again.returncode == 2 and "task.path differ" in again.stderr, again.stderr

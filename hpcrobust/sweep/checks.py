@@ -132,11 +132,11 @@ def prepare(cfg: SweepConfig, comm: Comm, source: str, quiet: bool = False) -> P
 
     root = comm.rank == 0
     agree(comm, lambda: debug.fail_in_checks(cfg.debug, comm.rank))  # test-only (debug.fail_in: checks)
-    results, task = agree(comm, named(lambda: before_work(cfg)))
+    results, pool = agree(comm, named(lambda: before_work(cfg)))
     sizes = agree(comm, named(lambda: builtin_sizes(cfg)))
     agree(comm, lambda: family.ensure_built(cfg.family, sizes, show_progress=not quiet) if root and sizes else None)
     agree(comm, named(lambda: with_tokenizers(cfg)))
-    task = agree(comm, named(lambda: sweep_examples(cfg, task)))  # the same examples on every rank
+    task = agree(comm, named(lambda: sweep_examples(cfg, pool)))  # the same examples on every rank
     inputs = comm.bcast(agree(comm, named(lambda: input_digests(cfg) if root else None)))
     identity = science_hash(cfg, inputs)
     plan = agree(comm, named(lambda: SweepPlan(cfg, identity, yaml.safe_dump(inputs, sort_keys=True))))
