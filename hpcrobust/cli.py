@@ -59,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     analysis_cli.add_parser(sub)
     analysis_cli.add_export_parser(sub)
+    convert = sub.add_parser("convert", help="turn a public dataset's files into a file task's JSONL",
+                             description="hh-rlhf: Anthropic HH-RLHF pairs (a folder such as helpful-base/ with"
+                             " train.jsonl(.gz) and test.jsonl(.gz), or one such file) -> the paper's two-conversation"
+                             " task (text, label, split) for task.name helpful or harmless.")
+    convert.add_argument("format", choices=("hh-rlhf",), help="what IN is")
+    convert.add_argument("src", metavar="IN", help="folder or file to read")
+    convert.add_argument("out", metavar="OUT", help="JSONL file to write (task.path)")
+    convert.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0, as the reference)")
     return p
 
 
@@ -104,6 +112,16 @@ def _sbatch(args: argparse.Namespace) -> int:
     return sbatch_command(args.config, args.overrides, args.template)
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hpcrobust.tasks.hh_rlhf import convert
+
+    counts = convert(Path(args.src).expanduser(), Path(args.out).expanduser(), args.seed)
+    print(f"wrote {args.out}: " + ", ".join(f"{n} {split}" for split, n in counts.items()))
+    return 0
+
+
 def _plan(args: argparse.Namespace) -> int:
     from hpcrobust.planner.command import plan_command
 
@@ -125,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         from hpcrobust.analysis import cli as analysis_cli
 
         handler = {"run": _run, "submit": _submit, "sbatch": _sbatch, "plan": _plan, "analyze": analysis_cli.run,
-                   "export": analysis_cli.run_export}[args.command]
+                   "export": analysis_cli.run_export, "convert": _convert}[args.command]
         return handler(args)
     except UserError as exc:
         print(f"hpcrobust: error: {exc}", file=sys.stderr)

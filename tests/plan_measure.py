@@ -74,7 +74,7 @@ def measured_training(cfg: SweepConfig, index: int, device: torch.device) -> flo
     """Two optimizer steps of fine-tuning on the longest training examples (the planned worst micro-batch)."""
     task = load_task(cfg.task)
     clf = load(cfg, index, device)
-    seqs = [clean_ids(clf.tokenizer, e, cfg.task.max_content_tokens) for e in task.train]
+    seqs = [clean_ids(clf.tokenizer, e) for e in task.train]
     longest = np.argsort([-len(s) for s in seqs], kind="stable")[: 2 * cfg.finetune.batch_size]
     spec = finetune_spec(cfg.finetune, 1.0)
     spec.epochs = 1.0
@@ -88,7 +88,7 @@ def measured_attack(cfg: SweepConfig, index: int, attack: int, device: torch.dev
     clf = load(cfg, index, device)
     a = cfg.attacks[attack]
     n = min(a.n_examples, len(task.val))
-    encs = encode_examples(a, clf.tokenizer, task.val, list(range(n)), cfg.task.max_content_tokens)
+    encs = encode_examples(a, clf.tokenizer, task.val, list(range(n)))
     env = AttackEnv(0, "eval", "memory", 0, clf, cfg.parallel.score_chunk, cfg.family)
     attack_obj = a.plugin.build(a, env)
     engine = ScoringEngine(clf, cfg.parallel.score_chunk)
@@ -98,7 +98,7 @@ def planned(cfg: SweepConfig, index: int, attack: int, on_cuda: bool) -> tuple[f
     """(training peak, this attack's scoring peak) as `hpcrobust plan` has them."""
     m = cfg.models[index]
     arch = model_arch(m, cfg.family)
-    tt = task_tokens(load_task(cfg.task), m, cfg.family, cfg.task.max_content_tokens)
+    tt = task_tokens(load_task(cfg.task), m, cfg.family)
     def sampler_of(a):
         return model_arch(sampler_model(a), cfg.family, causal_lm=True) if a.type == "beast" else None
 

@@ -33,7 +33,7 @@ def env(cfg, clf, run_key: str = "s__seed0", chunk: int = 16) -> AttackEnv:
 
 
 def run_eval(a: AttackConfig, cfg, clf, task, pred, chunk: int = 16):
-    return evaluate(a, env(cfg, clf, chunk=chunk), Comm(None), EvalSet(task.val, 256, chunk), pred)
+    return evaluate(a, env(cfg, clf, chunk=chunk), Comm(None), EvalSet(task.val, chunk), pred)
 
 
 @pytest.fixture(scope="module")

@@ -16,21 +16,20 @@ from hpcrobust.tasks.placement import encode
 
 @dataclass(frozen=True)
 class EvalSet:
-    """The validation examples that evaluation attacks (and transfer, ensemble) run on, and how they are cut
-    and scored."""
+    """The validation examples that evaluation attacks (and transfer, ensemble) run on, and how they are
+    scored."""
 
     examples: list[Example]
-    max_content_tokens: int
     score_chunk: int
 
     def encode(self, a: AttackConfig, tokenizer, k: int):
-        return encode(tokenizer, self.examples[k], a.placement, a.infix_fraction, self.max_content_tokens)
+        return encode(tokenizer, self.examples[k], a.placement, a.infix_fraction)
 
 
-def encode_examples(a: AttackConfig, tokenizer, examples: list[Example], indices: list[int],
-                    max_content_tokens: int) -> list[tuple[int, object]]:
+def encode_examples(a: AttackConfig, tokenizer, examples: list[Example], indices: list[int]
+                    ) -> list[tuple[int, object]]:
     """(index, encoding) of each attacked example, with the attack's placement."""
-    return [(i, encode(tokenizer, examples[i], a.placement, a.infix_fraction, max_content_tokens)) for i in indices]
+    return [(i, encode(tokenizer, examples[i], a.placement, a.infix_fraction)) for i in indices]
 
 
 def evaluate(a: AttackConfig, env: AttackEnv, group: Comm, data: EvalSet, clean_pred: np.ndarray) -> AttackResult:
@@ -40,5 +39,5 @@ def evaluate(a: AttackConfig, env: AttackEnv, group: Comm, data: EvalSet, clean_
     correct = clean_pred[:n] == np.array([val[i].label for i in range(n)])
     attack = a.plugin.build(a, env)
     engine = ScoringEngine(env.clf, data.score_chunk)
-    encs = encode_examples(a, env.clf.tokenizer, val, list(range(n)), data.max_content_tokens)
+    encs = encode_examples(a, env.clf.tokenizer, val, list(range(n)))
     return run_attack(attack, engine, group, encs, correct)

@@ -126,7 +126,7 @@ def _plan_sweep(cfg: SweepConfig, overrides: list[str], opts: Options, device: D
     timer = Timer(device, opts, cfg)
     runs = plan_runs(cfg)
     active = [sum(1 for r in runs if n_rounds[r.model_index] >= k) for k in range(max(n_rounds) + 1)]
-    tokens = {mi: task_tokens(task, m, cfg.family, cfg.task.max_content_tokens) for mi, m in enumerate(cfg.models)}
+    tokens = {mi: task_tokens(task, m, cfg.family) for mi, m in enumerate(cfg.models)}
     run_plans: dict[str, RunPlan] = {}
     for r in runs:
         mi = r.model_index
@@ -222,5 +222,5 @@ def run_plan_of(cfg: SweepConfig, key: str) -> RunPlan | None:
     n_rounds = rounds_per_model(cfg, archs)
     active = [sum(1 for r in runs.values() if n_rounds[r.model_index] >= k) for k in range(max(n_rounds) + 1)]
     r = runs[key]
-    tt = task_tokens(task, cfg.models[r.model_index], cfg.family, cfg.task.max_content_tokens)
+    tt = task_tokens(task, cfg.models[r.model_index], cfg.family)
     return CostModel(cfg).run_plan(r, archs[r.model_index], tt, n_rounds[r.model_index], active)

@@ -1,8 +1,8 @@
 """Token counts of a task's examples, chunk by chunk, so every placement's lengths follow without a model.
 
 FLOPs are 2·N·T per token, so the plan is only as good as T. With the model's tokenizer at hand (a built
-family, a local folder, a hub id in the HF cache) the counts are exact: each chunk (instructions, content cut
-to `task.max_content_tokens`, slot, answer prompt) is tokenized on its own, as `tasks/placement.py` does.
+family, a local folder, a hub id in the HF cache) the counts are exact: each chunk (instructions, content, never
+cut, slot, answer prompt) is tokenized on its own, as `tasks/placement.py` does.
 Without one (a paper config on a laptop) they are estimated as characters / 4, and the plan says so.
 """
 
@@ -40,7 +40,7 @@ class SplitTokens:
     """Per example: tokens of each chunk; `lcp` is the prefix every clean sequence of the split shares."""
 
     instr: np.ndarray
-    content: np.ndarray  # after the cut to max_content_tokens
+    content: np.ndarray
     slot: np.ndarray
     answer: np.ndarray
     lcp: int
@@ -75,11 +75,11 @@ class TaskTokens:
     tokenizer: object | None = None  # the model's tokenizer (None: estimated counts)
 
 
-def _lengths(tokenizer, texts: list[str], cut: int | None = None) -> tuple[np.ndarray, list[list[int]]]:
+def _lengths(tokenizer, texts: list[str]) -> tuple[np.ndarray, list[list[int]]]:
     uniq = sorted(set(texts))
     enc = tokenizer([t for t in uniq if t], add_special_tokens=False)["input_ids"] if any(uniq) else []
     ids = dict(zip([t for t in uniq if t], enc, strict=True))
-    out = [list(ids.get(t, []))[:cut] if cut is not None else list(ids.get(t, [])) for t in texts]
+    out = [list(ids.get(t, [])) for t in texts]
     return np.array([len(x) for x in out], dtype=np.int64), out
 
 
@@ -99,17 +99,16 @@ def _common_prefix(rows: list[list[int]]) -> int:
     return k
 
 
-def estimated_split(examples: list[Example], max_content_tokens: int) -> SplitTokens:
+def estimated_split(examples: list[Example]) -> SplitTokens:
     """characters/4 per chunk; the shared prefix is the shared text of the chunks, in whole estimated tokens."""
     k = CHARS_PER_TOKEN
 
-    def count(texts: list[str], cut: int | None = None) -> np.ndarray:
-        n = -(-np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)) // k)
-        return np.minimum(n, cut) if cut is not None else n
+    def count(texts: list[str]) -> np.ndarray:
+        return -(-np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)) // k)
 
     chunks = [[e.instructions for e in examples], [e.content for e in examples], [e.slot for e in examples],
               [e.answer_prompt for e in examples]]
-    lengths = [count(chunks[0]), count(chunks[1], max_content_tokens), count(chunks[2]), count(chunks[3])]
+    lengths = [count(chunks[0]), count(chunks[1]), count(chunks[2]), count(chunks[3])]
     lcp = 0
     for texts, n in zip(chunks, lengths, strict=True):
         common = os.path.commonprefix(texts) if texts else ""
@@ -121,11 +120,11 @@ def estimated_split(examples: list[Example], max_content_tokens: int) -> SplitTo
     return SplitTokens(*lengths, lcp)
 
 
-def split_tokens(tokenizer, examples: list[Example], max_content_tokens: int) -> SplitTokens:
+def split_tokens(tokenizer, examples: list[Example]) -> SplitTokens:
     if isinstance(tokenizer, CharEstimate):
-        return estimated_split(examples, max_content_tokens)
+        return estimated_split(examples)
     li, ii = _lengths(tokenizer, [e.instructions for e in examples])
-    lc, ic = _lengths(tokenizer, [e.content for e in examples], max_content_tokens)
+    lc, ic = _lengths(tokenizer, [e.content for e in examples])
     ls, is_ = _lengths(tokenizer, [e.slot for e in examples])
     la, ia = _lengths(tokenizer, [e.answer_prompt for e in examples])
     rows = [a + b + c + d for a, b, c, d in zip(ii, ic, is_, ia, strict=True)]
@@ -156,11 +155,11 @@ def tokenizer_for(m: ModelConfig, fam: FamilyConfig) -> tuple[object | None, str
 _CACHE: dict[tuple, tuple[TaskData, object, TaskTokens]] = {}  # the task and tokenizer are kept: ids stay unique
 
 
-def task_tokens(task: TaskData, m: ModelConfig, fam: FamilyConfig, max_content_tokens: int) -> TaskTokens:
+def task_tokens(task: TaskData, m: ModelConfig, fam: FamilyConfig) -> TaskTokens:
     """Token counts of the task's train and validation examples for model `m` (cached per tokenizer)."""
     tok, why = tokenizer_for(m, fam)
     vocab = tok.get_vocab() if tok is not None else {}
-    key = (id(task), len(vocab), hash(frozenset(vocab.items())) if vocab else 0, max_content_tokens)
+    key = (id(task), len(vocab), hash(frozenset(vocab.items())) if vocab else 0)
     if key in _CACHE:
         return _CACHE[key][2]
     real = tok
@@ -168,7 +167,7 @@ def task_tokens(task: TaskData, m: ModelConfig, fam: FamilyConfig, max_content_t
         tok, source, exact = CharEstimate(), f"estimated as characters/{CHARS_PER_TOKEN} ({why})", False
     else:
         source, exact = f"counted with {why}", True
-    tt = TaskTokens(split_tokens(tok, task.train, max_content_tokens), split_tokens(tok, task.val, max_content_tokens),
+    tt = TaskTokens(split_tokens(tok, task.train), split_tokens(tok, task.val),
                     source, exact, real)
     _CACHE[key] = (task, tok, tt)
     return tt

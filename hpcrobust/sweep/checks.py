@@ -20,9 +20,10 @@ from hpcrobust.parallel.collectives import agree
 from hpcrobust.parallel.comm import Comm
 from hpcrobust.store.results import ResultsFile
 from hpcrobust.sweep import checkpoint, debug
+from hpcrobust.sweep.examples import sweep_examples
 from hpcrobust.sweep.inputs import input_digests
 from hpcrobust.sweep.plan import SweepPlan
-from hpcrobust.tasks import TaskData, load_task
+from hpcrobust.tasks import TaskData, load_pool
 from hpcrobust.tracking import check as check_tracking
 
 
@@ -45,24 +46,27 @@ def _env(cfg: SweepConfig, vocabs: list[int]) -> CheckEnv:
 
 
 def check_counts(cfg: SweepConfig, task: TaskData) -> None:
-    """Counts of examples never exceed what the task has (nothing is silently clipped)."""
+    """Counts of examples never exceed what the task has (nothing is silently clipped). `task` may be the
+    pool (before long examples are dropped): the sweep then has exactly n_train / n_val, or stops."""
+    n_val = min(len(task.val), cfg.task.n_val)
+    n_train = cfg.task.n_train if task.shared else min(len(task.train), cfg.task.n_train)
     for i, a in enumerate(cfg.attacks):
-        if a.n_examples > len(task.val):
+        if a.n_examples > n_val:
             raise UserError(f"attacks.{i} ({a.name}): n_examples {a.n_examples} is more than the"
-                            f" {len(task.val)} validation examples (task.n_val)")
+                            f" {n_val} validation examples (task.n_val)")
     trains = cfg.advtrain.rounds > 0 or any(m.rounds > 0 for m in cfg.models)
-    if trains and cfg.advtrain.n_new_examples > len(task.train):
+    if trains and cfg.advtrain.n_new_examples > n_train:
         raise UserError(f"advtrain.n_new_examples: {cfg.advtrain.n_new_examples} is more than the"
-                        f" {len(task.train)} training examples (task.n_train)")
+                        f" {n_train} training examples (task.n_train)")
 
 
 def before_work(cfg: SweepConfig) -> tuple[ResultsFile, TaskData]:
     """Models, task, attacks, the output's place and the tracker; returns the results file and the task's
-    examples."""
+    pool (`sweep_examples` keeps the examples that fit, once the tokenizers exist)."""
     for m in cfg.models:
         resolve(m, cfg.family)
     vocabs = vocab_sizes(cfg)
-    task = load_task(cfg.task)
+    task = load_pool(cfg.task)
     check_counts(cfg, task)
     env = _env(cfg, vocabs)
     for key, a in _attacks(cfg):
@@ -128,10 +132,11 @@ def prepare(cfg: SweepConfig, comm: Comm, source: str, quiet: bool = False) -> P
 
     root = comm.rank == 0
     agree(comm, lambda: debug.fail_in_checks(cfg.debug, comm.rank))  # test-only (debug.fail_in: checks)
-    results, task = agree(comm, named(lambda: before_work(cfg)))
+    results, pool = agree(comm, named(lambda: before_work(cfg)))
     sizes = agree(comm, named(lambda: builtin_sizes(cfg)))
     agree(comm, lambda: family.ensure_built(cfg.family, sizes, show_progress=not quiet) if root and sizes else None)
     agree(comm, named(lambda: with_tokenizers(cfg)))
+    task = agree(comm, named(lambda: sweep_examples(cfg, pool)))  # the same examples on every rank
     inputs = comm.bcast(agree(comm, named(lambda: input_digests(cfg) if root else None)))
     identity = science_hash(cfg, inputs)
     plan = agree(comm, named(lambda: SweepPlan(cfg, identity, yaml.safe_dump(inputs, sort_keys=True))))

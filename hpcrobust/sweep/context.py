@@ -29,7 +29,7 @@ class SweepContext:
 
     @property
     def eval_set(self) -> EvalSet:
-        return EvalSet(self.task.val, self.cfg.task.max_content_tokens, self.cfg.parallel.score_chunk)
+        return EvalSet(self.task.val, self.cfg.parallel.score_chunk)
 
     def model(self, run: RunSpec) -> ModelConfig:
         return self.cfg.models[run.model_index]

@@ -41,6 +41,16 @@ def folder_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
+def tree_digest(folder: Path) -> str:
+    """Every visible file under a data folder (aclImdb/, Enron ham/ spam/, save_to_disk), by path and content."""
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
+            h.update(f"{rel.as_posix()}\0{file_digest(p)}\0".encode())
+    return h.hexdigest()
+
+
 def model_digest(m: ModelConfig, cfg: SweepConfig) -> str:
     """A local folder (or built-in size): its files; a hub id: the cached snapshot's commit."""
     r = resolve(m, cfg.family)
@@ -59,7 +69,8 @@ def input_digests(cfg: SweepConfig) -> dict[str, str]:
     """{what: digest} for the task file and every model (run once, on one rank: weights can be large)."""
     out = {}
     if cfg.task.path:
-        out["task.path"] = file_digest(Path(cfg.task.path).expanduser())
+        path = Path(cfg.task.path).expanduser()
+        out["task.path"] = tree_digest(path) if path.is_dir() else file_digest(path)
     for i, m in enumerate(cfg.models):
         out[f"models.{i}"] = model_digest(m, cfg)
     return out

@@ -68,7 +68,8 @@ def run_round(ctx: SweepContext, run: RunSpec, rnd: int, tables: dict) -> RoundS
         checkpoint.save(ctx, clf, run, rnd, pool, scalars[S.DEFENSE_FLOPS_CUM])
     scalars.update({S.WALL_TIME: lay.group.allreduce_max(time.time() - t0), S.N_PARAMS: clf.n_params,
                     S.PRETRAIN_FLOPS: clf.pretraining.flops, S.PRETRAIN_N: clf.pretraining.n,
-                    S.PRETRAIN_TOKENS: clf.pretraining.tokens})
+                    S.PRETRAIN_TOKENS: clf.pretraining.tokens, S.N_DROPPED_TRAIN: ctx.task.n_dropped_train,
+                    S.N_DROPPED_VAL: ctx.task.n_dropped_val})
     return state
 
 
@@ -93,7 +94,7 @@ def finetune(ctx: SweepContext, clf: Classifier, run: RunSpec) -> dict[str, floa
     ft, m = ctx.cfg.finetune, ctx.model(run)
     start = clf.meter.total.snapshot()
     n_random = m.random_token_defense if m.random_token_defense >= 0 else ft.random_token_defense
-    seqs = finetune_sequences(clf, ctx.task, ctx.cfg.task.max_content_tokens, n_random, run.seed, run.key)
+    seqs = finetune_sequences(clf, ctx.task, n_random, run.seed, run.key)
     res = train(clf, seqs, [e.label for e in ctx.task.train], finetune_spec(ft, m.lr_scale), ctx.layout.group,
                 run.seed, (run.key, "finetune"))
     spent = group_flops(ctx, clf.meter.total.since(start))
@@ -113,7 +114,7 @@ def adversarial(ctx: SweepContext, clf: Classifier, run: RunSpec, rnd: int, pool
     base = cfg.train_attack()
     a = base.plugin.for_training(base, n_it, adv.n_new_examples)
     picked = attacked_examples(a.n_examples, len(train_set), run.seed, run.key, rnd)
-    encs = encode_examples(a, clf.tokenizer, train_set, picked, cfg.task.max_content_tokens)
+    encs = encode_examples(a, clf.tokenizer, train_set, picked)
     attack = a.plugin.build(a, ctx.attack_env(run, rnd, clf, purpose="train"))
     # Every sampled example is attacked, including ones the model already gets wrong.
     res = run_attack(attack, ScoringEngine(clf, cfg.parallel.score_chunk), group, encs,
@@ -123,7 +124,7 @@ def adversarial(ctx: SweepContext, clf: Classifier, run: RunSpec, rnd: int, pool
     start = clf.meter.total.snapshot()
     add_attacked(pool, clf, [enc.with_attack(t.tolist()) for (_, enc), t in zip(encs, res.tokens, strict=True)],
                  [enc.label for _, enc in encs], rnd, cfg.finetune.eval_batch_size, group)
-    rs = round_training_set(pool, adv, train_set, clf.tokenizer, cfg.task.max_content_tokens, run.seed, run.key, rnd)
+    rs = round_training_set(pool, adv, train_set, clf.tokenizer, run.seed, run.key, rnd)
     scale = m.adv_lr_scale if m.adv_lr_scale >= 0 else m.lr_scale
     tr = train(clf, rs.seqs, rs.labels, round_spec(adv, cfg.finetune, scale), group, run.seed,
                (run.key, "advtrain", rnd))
@@ -138,7 +139,7 @@ def adversarial(ctx: SweepContext, clf: Classifier, run: RunSpec, rnd: int, pool
 
 
 def clean_accuracy(ctx: SweepContext, clf: Classifier) -> tuple[np.ndarray, float]:
-    val = [clean_ids(clf.tokenizer, e, ctx.cfg.task.max_content_tokens) for e in ctx.task.val]
+    val = [clean_ids(clf.tokenizer, e) for e in ctx.task.val]
     pred, _ = predict(clf, val, ctx.cfg.finetune.eval_batch_size, ctx.layout.group)
     labels = np.array([e.label for e in ctx.task.val])
     return pred, float((pred == labels).mean())

@@ -27,7 +27,13 @@ class Example:
 
 @dataclass
 class TaskData:
+    """A task's examples. As read from the source (a *pool*) the splits may hold more than the sweep needs;
+    `tasks.fit.fit_task` then keeps the first `n_train` / `n_val` that fit every model's context."""
+
     name: str
     label_words: tuple[str, str]
     train: list[Example] = field(default_factory=list)
     val: list[Example] = field(default_factory=list)
+    shared: bool = False  # a pool of one table (in `val`): validation takes the first that fit, training the next
+    n_dropped_train: int = 0  # examples passed over as too long before n_train were kept
+    n_dropped_val: int = 0

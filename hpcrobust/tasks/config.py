@@ -18,8 +18,8 @@ TASKS = GENERATED_TASKS + FILE_TASKS
 @dataclass
 class TaskConfig:
     name: str = setting("password_match", choices=TASKS, doc="which task to fine-tune and attack")
-    path: str = setting("", doc="file task: a JSONL, CSV, Parquet or Arrow file, or a `save_to_disk` folder"
-                        " (refused for generated tasks)")
+    path: str = setting("", doc="file task: a JSONL, CSV, Parquet or Arrow file, a `save_to_disk` folder, IMDB's"
+                        " `aclImdb/` or Enron's `ham/` + `spam/` folders (refused for generated tasks)")
     dataset: str = setting("", doc="file task: a Hugging Face dataset id already in the local HF cache (read"
                            " offline; instead of task.path)")
     revision: str = setting("", doc="task.dataset: branch, tag or commit in the cache (default: main)")
@@ -32,8 +32,10 @@ class TaskConfig:
     n_train: int = setting(4000, lo=2, hi=10**7, doc="training examples")
     n_val: int = setting(200, lo=1, hi=10**7, doc="held-out examples for clean accuracy and attacks")
     seed: int = setting(0, lo=0, doc="seed of the data itself (same examples for every run)")
-    max_content_tokens: int = setting(256, lo=8, hi=10**6, doc="an example's content is cut to this many tokens (the"
-                                      " generated tasks' content is shorter)")
+    max_content_tokens: int = setting(0, lo=0, hi=10**7, doc="examples whose content is longer than this many"
+                                      " tokens (under any model's tokenizer) are dropped, never cut; 0: only the"
+                                      " context decides (an example must fit every model's context with the"
+                                      " longest attack; counted as n_dropped_train / n_dropped_val)")
 
     def validate(self) -> None:
         if self.name in FILE_TASKS:

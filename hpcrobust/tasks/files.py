@@ -20,6 +20,7 @@ from hpcrobust.tasks.base import Example, TaskData
 from hpcrobust.tasks.config import TaskConfig
 from hpcrobust.tasks.generated import ANSWER_PROMPT
 from hpcrobust.tasks.hf import ARROW_SUFFIXES, PARQUET_SUFFIXES, Table, read_dataset_id, read_path
+from hpcrobust.tasks.layouts import read_layout
 from hpcrobust.tasks.specs import SPECS
 
 TEXT_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
@@ -75,7 +76,8 @@ def read_source(cfg: TaskConfig) -> Table:
         return read_dataset_id(cfg.dataset, cfg.revision, wanted)
     path = Path(cfg.path).expanduser()
     if path.is_dir():
-        return read_path(path, wanted)
+        layout = read_layout(path, cfg.text_column, cfg.label_column, cfg.seed)  # aclImdb/, Enron ham/ spam/
+        return layout if layout is not None else read_path(path, wanted)
     if not path.is_file():
         raise UserError(f"task.path: file not found: {path}")
     if path.suffix.lower() in TEXT_SUFFIXES:
@@ -108,16 +110,20 @@ def _check_columns(table: Table, cfg: TaskConfig) -> None:
             raise UserError(f"{table.where}: missing column '{col}' (columns: {have}); set task.{key}")
 
 
-def _split(table: Table, cfg: TaskConfig) -> tuple[list[Example], list[Example]]:
-    """(train, validation): named splits first, then a split column, then a seeded shuffle."""
+def _split(table: Table, cfg: TaskConfig) -> tuple[list[Example], list[Example], bool]:
+    """(train, validation, shared): named splits first, then a split column, then a seeded shuffle (one shared
+    table, see TaskData.shared)."""
     splits, where = table.splits, table.where
     named = [s for s in splits if s]
-    if cfg.val_split in splits or len(named) > 1:
-        for key, name in (("train_split", cfg.train_split), ("val_split", cfg.val_split)):
+    val_split = cfg.val_split
+    if val_split == VAL_NAMES[0] and val_split not in splits and "test" in splits:
+        val_split = "test"  # the reference validates on the source's test split (IMDB, Enron spam, HH-RLHF)
+    if val_split in splits or len(named) > 1:
+        for key, name in (("train_split", cfg.train_split), ("val_split", val_split)):
             if name not in splits:
                 raise UserError(f"{where}: no split '{name}' (splits: {', '.join(named)}); set task.{key}")
         train = _examples(splits[cfg.train_split], cfg, f"{where} [{cfg.train_split}]")
-        return train, _examples(splits[cfg.val_split], cfg, f"{where} [{cfg.val_split}]")
+        return train, _examples(splits[val_split], cfg, f"{where} [{val_split}]"), False
     records = next(iter(splits.values()), [])  # one table (a single named split counts as one table)
     if not records:
         raise UserError(f"{where}: no records")
@@ -126,19 +132,20 @@ def _split(table: Table, cfg: TaskConfig) -> tuple[list[Example], list[Example]]
     if any(labels):
         train = [e for e, s in zip(examples, labels, strict=True) if s == "train"]
         val = [e for e, s in zip(examples, labels, strict=True) if s in VAL_NAMES]
-        return train, val
+        return train, val, False
     order = stream(cfg.seed, "task", cfg.name).permutation(len(examples)).tolist()
-    shuffled = [examples[i] for i in order]
-    return shuffled[cfg.n_val:], shuffled[:cfg.n_val]
+    return [], [examples[i] for i in order], True
 
 
 def load_file_task(cfg: TaskConfig) -> TaskData:
+    """The task's pool: every record of the source, split and ordered (tasks.fit picks those the sweep uses)."""
     table = read_source(cfg)
     if not table.columns:
         raise UserError(f"{table.where}: no records")
     _check_columns(table, cfg)
-    train, val = _split(table, cfg)
-    if len(train) < cfg.n_train or len(val) < cfg.n_val:  # never fewer examples than asked for, silently
-        raise UserError(f"{table.where}: has {len(train)} training and {len(val)} validation records; task.n_train"
+    train, val, shared = _split(table, cfg)
+    n_tr, n_va = (max(0, len(val) - cfg.n_val), min(len(val), cfg.n_val)) if shared else (len(train), len(val))
+    if n_tr < cfg.n_train or n_va < cfg.n_val:  # never fewer examples than asked for, silently
+        raise UserError(f"{table.where}: has {n_tr} training and {n_va} validation records; task.n_train"
                         f" is {cfg.n_train} and task.n_val {cfg.n_val} (lower them, or add records)")
-    return TaskData(cfg.name, SPECS[cfg.name][1], train[:cfg.n_train], val[:cfg.n_val])
+    return TaskData(cfg.name, SPECS[cfg.name][1], train, val, shared=shared)

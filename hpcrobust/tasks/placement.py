@@ -26,17 +26,15 @@ def _tok(tokenizer, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False)) if text else []
 
 
-def clean_ids(tokenizer, ex: Example, max_content_tokens: int | None = None) -> list[int]:
+def clean_ids(tokenizer, ex: Example) -> list[int]:
     """The unattacked sequence: the suffix placement with an empty attack."""
-    return encode(tokenizer, ex, "suffix", max_content_tokens=max_content_tokens).with_attack(())
+    return encode(tokenizer, ex, "suffix").with_attack(())
 
 
-def encode(tokenizer, ex: Example, placement: str, infix_fraction: float = 0.9,
-           max_content_tokens: int | None = None) -> Encoded:
+def encode(tokenizer, ex: Example, placement: str, infix_fraction: float = 0.9) -> Encoded:
+    """Never cuts the content: examples too long for a model were dropped when the sweep started (tasks/fit.py)."""
     instr = _tok(tokenizer, ex.instructions)
     content = _tok(tokenizer, ex.content)
-    if max_content_tokens is not None:
-        content = content[:max_content_tokens]
     slot = _tok(tokenizer, ex.slot)
     answer = _tok(tokenizer, ex.answer_prompt)
     if placement == "suffix":

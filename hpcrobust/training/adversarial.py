@@ -56,14 +56,14 @@ class RoundSet:
 
 
 def round_training_set(pool: Pool, adv: AdvTrainConfig, train_set: list[Example], tokenizer,
-                       max_content_tokens: int, seed: int, run_key: str, rnd: int) -> RoundSet:
+                       seed: int, run_key: str, rnd: int) -> RoundSet:
     """Step 3: adversarial examples from the pool, topped up with clean training examples."""
     n_adv = min(len(pool), math.floor(adv.max_adv_fraction * adv.max_examples))
     n_clean = min(len(train_set), adv.max_examples - n_adv)
     adv_idx = pool.sample(n_adv, adv.decay, adv.loss_rank_weight, stream(seed, run_key, rnd, "pool-sample"))
     clean_idx = sorted(stream(seed, run_key, rnd, "clean-sample").choice(len(train_set), size=n_clean,
                                                                           replace=False).tolist())
-    seqs = [pool.seqs[i] for i in adv_idx] + [clean_ids(tokenizer, train_set[i], max_content_tokens)
+    seqs = [pool.seqs[i] for i in adv_idx] + [clean_ids(tokenizer, train_set[i])
                                                for i in clean_idx]
     labels = [pool.labels[i] for i in adv_idx] + [train_set[i].label for i in clean_idx]
     return RoundSet(seqs, labels, n_adv, n_clean)

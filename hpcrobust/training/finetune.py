@@ -22,15 +22,15 @@ def finetune_spec(ft: FinetuneConfig, lr_scale: float) -> TrainSpec:
                      ft.schedule, ft.optimizer, ft.weight_decay)
 
 
-def finetune_sequences(clf: Classifier, task: TaskData, max_content_tokens: int, n_random: int, seed: int,
+def finetune_sequences(clf: Classifier, task: TaskData, n_random: int, seed: int,
                        run_key: str) -> list[list[int]]:
     if n_random <= 0:
-        return [clean_ids(clf.tokenizer, e, max_content_tokens) for e in task.train]
+        return [clean_ids(clf.tokenizer, e) for e in task.train]
     vocab = allowed_tokens(clf.tokenizer, ascii_only=False)
     seqs = []
     for i, e in enumerate(task.train):
         rng = stream(seed, run_key, "random-token-defense", i)
-        enc = encode(clf.tokenizer, e, "suffix", max_content_tokens=max_content_tokens)
+        enc = encode(clf.tokenizer, e, "suffix")
         noise = vocab[rng.integers(0, len(vocab), size=n_random)].tolist() if rng.random() < 0.5 else []
         seqs.append(enc.with_attack(noise))
     return seqs
