@@ -149,7 +149,7 @@ def test_transfer_counts_only_examples_the_source_attacked(setup):
     cfg, clf, task, pred = setup
     a = attack(name="g", type="gcg", n_examples=12, n_iterations=3, n_attack_tokens=4, search_width=16, topk=16)
     res = run_eval(a, cfg, clf, task, pred)
-    data = EvalSet(task.val, 256, 16)
+    data = EvalSet(task.val, 16)
     target_correct = np.ones(len(task.val), dtype=bool)
     target_correct[1] = False
     attacked = res.correct_before.copy()
