@@ -189,11 +189,12 @@ class CostModel:
                      note=f"{n_sources} source runs")
 
     # ---------------------------------------------------------------- rounds >= 1
-    def adversarial(self, run: RunSpec, rnd: int, arch: ModelArch, tt: TaskTokens, pool: list[tuple[float, int]]
-                    ) -> list[Phase]:
-        """Training attack, training and pool refresh of round `rnd`; `pool` (length, shared prefix) grows."""
+    def adversarial(self, run: RunSpec, rnd: int, n_rounds: int, arch: ModelArch, tt: TaskTokens,
+                    pool: list[tuple[float, int]]) -> list[Phase]:
+        """Training attack, training and pool refresh of round `rnd` of `n_rounds`; `pool` (length, shared
+        prefix) grows."""
         cfg, adv, ft = self.cfg, self.cfg.advtrain, self.cfg.finetune
-        n_it = adv.scheduled_iterations(rnd)
+        n_it = adv.scheduled_iterations(rnd, n_rounds)
         base = cfg.train_attack()
         a = base.plugin.for_training(base, n_it, adv.n_new_examples)
         n_train = len(tt.train)
@@ -237,7 +238,8 @@ class CostModel:
                  for a in cfg.attacks}
         for rnd in range(n_rounds + 1):
             rp = RoundPlan(rnd)
-            rp.phases += [self.finetune(run, arch, tt)] if rnd == 0 else self.adversarial(run, rnd, arch, tt, pool)
+            rp.phases += ([self.finetune(run, arch, tt)] if rnd == 0
+                          else self.adversarial(run, rnd, n_rounds, arch, tt, pool))
             rp.phases.append(clean)
             rp.phases += [evals[a.name] for a in cfg.attacks]
             n_src = active_per_round[rnd]
