@@ -53,9 +53,32 @@ def test_pool_roundtrip(tmp_path):
 def test_linear_schedule_and_equal_compute():
     cfg = config_from_dict({}, ["advtrain.rounds=4", "advtrain.iterations_start=8", "advtrain.iterations_end=64",
                                 "train_attacks=[{name: g}]", "advtrain.attack=g"])
-    assert [cfg.advtrain.scheduled_iterations(r) for r in (1, 2, 3, 4)] == [8, 27, 45, 64]
+    # the reference truncates start + i·rate (training_utils.py:85): 8 + int(18.67) = 26, not round()'s 27
+    assert [cfg.advtrain.scheduled_iterations(r) for r in (1, 2, 3, 4)] == [8, 26, 45, 64]
     assert equal_compute_rounds(6, [100, 200, 600, 5000]) == [6, 3, 1, 1]
 
+
+def test_each_size_ramps_over_its_own_rounds():
+    """A size with fewer rounds than advtrain.rounds still reaches iterations_end in its last round, as each
+    reference run's schedule spans its own num_adversarial_training_rounds; the sweep-wide ramp stays an option."""
+    over = ["advtrain.rounds=60", "advtrain.iterations_start=8", "advtrain.iterations_end=64",
+            "train_attacks=[{name: g}]", "advtrain.attack=g"]
+    adv = config_from_dict({}, over).advtrain
+    assert [adv.scheduled_iterations(r, 5) for r in range(1, 6)] == [8, 22, 36, 50, 64]
+    assert adv.scheduled_iterations(60, 60) == 64 and adv.scheduled_iterations(2, 60) == 8
+    assert adv.scheduled_iterations(5, 5) == adv.scheduled_iterations(60, 60) == 64
+    sweep = config_from_dict({}, over + ["advtrain.schedule_per_size=false"]).advtrain
+    assert [sweep.scheduled_iterations(r, 5) for r in range(1, 6)] == [8, 8, 9, 10, 11]
+
+
+
+def test_a_run_with_fewer_rounds_ends_its_ramp_at_iterations_end(tiny):
+    """The sweep passes each run's own number of rounds to the schedule (sweep/round.py)."""
+    proc = run_cli(["run", str(tiny), *ADV, "models=[builtin:xs]", "models.0.rounds=2", "attacks=[]", "--quiet"],
+                   cwd=tiny.parent)
+    assert proc.returncode == 0, proc.stderr
+    g = load(tiny.parent / "out.h5").sort_values("round")
+    assert list(g["round"]) == [0, 1, 2] and list(g.train_attack_iterations) == [0, 4, 12]
 
 def test_rounds_metrics_and_cumulative_defense_flops(tiny):
     proc = run_cli(["run", str(tiny), *ADV], cwd=tiny.parent)

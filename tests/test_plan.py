@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
+from hpcrobust.config import load_config
 from tests.conftest import DATA, ROOT, run_cli
 
 PLAN_CHECK = DATA / "plan_check.yaml"
@@ -160,16 +161,21 @@ def test_paper_configs_plan_in_seconds_without_any_model(config):
 
 def test_warnings_name_the_fix(tmp_path):
     pythia = ROOT / "configs" / "paper_pythia.yaml"
-    plan = json.loads(run_cli(["plan", str(pythia), "--json", "--gpu", "h100", "launch.timeout_min=30"],
+    # bfloat16 with AdamW (the config is the reference's float32 Adafactor): the fix names Adafactor
+    adamw = ["finetune.optimizer=adamw", "advtrain.optimizer=adamw", "models.9.torch_dtype=bfloat16"]
+    plan = json.loads(run_cli(["plan", str(pythia), "--json", "--gpu", "h100", "launch.timeout_min=30", *adamw],
                               cwd=tmp_path).stdout)
     text = "\n".join(plan["warnings"])
     assert "pythia-12b does not fit" in text and "adafactor" in text  # AdamW state alone is 43 GiB
     assert "longer than the time limit" in text and "parallel.ranks_per_group" in text
+    fp32 = json.loads(run_cli(["plan", str(pythia), "--json", "--gpu", "h100"], cwd=tmp_path).stdout)
+    text = "\n".join(fp32["warnings"])  # already Adafactor: float32 weights and gradients are what is left
+    assert "pythia-12b does not fit" in text and "torch_dtype bfloat16" in text and "optimizer adafactor" not in text
     big = json.loads(run_cli(["plan", str(pythia), "--json", "--gpu", "h200"], cwd=tmp_path).stdout)
     assert not any("does not fit" in w for w in big["warnings"])
     idle = json.loads(run_cli(["plan", str(pythia), "--json", "launch.array_over=seeds", "launch.tasks_per_node=16",
                                "launch.gpus_per_node=16"], cwd=tmp_path).stdout)
-    assert len(idle["jobs"]) == 3 and any("get no run" in w for w in idle["warnings"])
+    assert len(idle["jobs"]) == len(load_config(pythia).seeds) and any("get no run" in w for w in idle["warnings"])
 
 
 @pytest.mark.parametrize("override", [

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from hpcrobust.attacks.beast import sampler_model
 from hpcrobust.config import AttackConfig, SweepConfig
@@ -85,7 +86,8 @@ def grouped(a: ArchShape, rows: np.ndarray, lengths: np.ndarray, shared: np.ndar
     return F.total(parts)
 
 
-def training_flops(a: ArchShape, lengths: list[float], shared: list[int], order: list[int], batch_size: int,
+def training_flops(a: ArchShape, lengths: npt.ArrayLike, shared: npt.ArrayLike, order: list[int],
+                   batch_size: int,
                    micro: int) -> FlopCount:
     """The trainer's micro-batches in the order they run: each step of batch_size cut into pieces of `micro`."""
     n = len(order) // batch_size * batch_size
@@ -95,7 +97,8 @@ def training_flops(a: ArchShape, lengths: list[float], shared: list[int], order:
     return grouped(a, rows, np.asarray(lengths, dtype=float), np.asarray(shared, dtype=float), train=True)
 
 
-def forward_flops_of(a: ArchShape, lengths: list[float], shared: list[int], batch_size: int) -> FlopCount:
+def forward_flops_of(a: ArchShape, lengths: npt.ArrayLike, shared: npt.ArrayLike, batch_size: int
+                     ) -> FlopCount:
     """All sequences in fixed batches, in order (trainer.all_logits), without gradients."""
     n = len(lengths)
     if n == 0:
@@ -104,6 +107,22 @@ def forward_flops_of(a: ArchShape, lengths: list[float], shared: list[int], batc
     rows[:n] = np.arange(n)
     return grouped(a, rows.reshape(-1, batch_size), np.asarray(lengths, dtype=float), np.asarray(shared, dtype=float),
                    train=False)
+
+
+@dataclass
+class PoolShape:
+    """The adversarial pool as the planner needs it: each entry's token length and shared-prefix length, in the
+    order entries were added (numpy arrays: a 60-round run's pool holds 12,000 entries)."""
+
+    lengths: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    shared: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def add(self, lengths: np.ndarray, shared: np.ndarray) -> None:
+        self.lengths = np.concatenate([self.lengths, np.asarray(lengths, dtype=float)])
+        self.shared = np.concatenate([self.shared, np.asarray(shared, dtype=float)])
+
+    def __len__(self) -> int:
+        return len(self.lengths)
 
 
 class CostModel:
@@ -189,11 +208,12 @@ class CostModel:
                      note=f"{n_sources} source runs")
 
     # ---------------------------------------------------------------- rounds >= 1
-    def adversarial(self, run: RunSpec, rnd: int, arch: ModelArch, tt: TaskTokens, pool: list[tuple[float, int]]
-                    ) -> list[Phase]:
-        """Training attack, training and pool refresh of round `rnd`; `pool` (length, shared prefix) grows."""
+    def adversarial(self, run: RunSpec, rnd: int, n_rounds: int, arch: ModelArch, tt: TaskTokens,
+                    pool: PoolShape) -> list[Phase]:
+        """Training attack, training and pool refresh of round `rnd` of `n_rounds`; `pool` (length, shared
+        prefix) grows."""
         cfg, adv, ft = self.cfg, self.cfg.advtrain, self.cfg.finetune
-        n_it = adv.scheduled_iterations(rnd)
+        n_it = adv.scheduled_iterations(rnd, n_rounds)
         base = cfg.train_attack()
         a = base.plugin.for_training(base, n_it, adv.n_new_examples)
         n_train = len(tt.train)
@@ -201,24 +221,25 @@ class CostModel:
         per = self.attack_costs(a, arch, tt, tt.train, picked)
         attack = F.total(per) if per is not None else FlopCount()
         before, after = tt.train.around(a.placement, a.infix_fraction)
-        pool += [(float(before[i] + a.n_attack_tokens + after[i]), min(tt.train.lcp, int(before[i]))) for i in picked]
+        idx = np.asarray(picked, dtype=np.int64)
+        pool.add(before[idx] + a.n_attack_tokens + after[idx], np.minimum(tt.train.lcp, before[idx]))
 
         n_adv = min(len(pool), math.floor(adv.max_adv_fraction * adv.max_examples))
         n_clean = min(n_train, adv.max_examples - n_adv)
-        clean_idx = sorted(stream(run.seed, run.key, rnd, "clean-sample").choice(n_train, size=n_clean,
-                                                                                  replace=False).tolist())
+        clean_idx = np.sort(stream(run.seed, run.key, rnd, "clean-sample").choice(n_train, size=n_clean,
+                                                                                   replace=False))
         if n_adv == len(pool):
-            adv_rows, note = list(pool), "every pool entry"
-        else:
-            spread = sorted(pool)  # evenly spaced through the pool's lengths: its mean, and its padding
-            adv_rows = [spread[int(k)] for k in np.round(np.linspace(0, len(pool) - 1, n_adv))]
+            adv_len, adv_shared, note = pool.lengths, pool.shared, "every pool entry"
+        else:  # evenly spaced through the pool sorted by (length, shared prefix): its mean, and its padding
+            spread = np.lexsort((pool.shared, pool.lengths))[np.round(np.linspace(0, len(pool) - 1, n_adv))
+                                                             .astype(np.int64)]
+            adv_len, adv_shared = pool.lengths[spread], pool.shared[spread]
             note = f"{n_adv} of {len(pool)} pool entries, spread evenly over the pool's lengths"
-        clean = tt.train.clean()
-        rows = adv_rows + [(float(clean[i]), tt.train.lcp) for i in clean_idx]
-        order = epoch_order(len(rows), adv.epochs, ft.batch_size, run.seed, (run.key, "advtrain", rnd))
-        train = training_flops(arch.shape, [r[0] for r in rows], [r[1] for r in rows], order, ft.batch_size,
-                               ft.micro_batch_size)
-        refresh = forward_flops_of(arch.shape, [p[0] for p in pool], [p[1] for p in pool], ft.eval_batch_size)
+        lengths = np.concatenate([adv_len, np.asarray(tt.train.clean(), dtype=float)[clean_idx]])
+        shared = np.concatenate([adv_shared, np.full(len(clean_idx), float(tt.train.lcp))])
+        order = epoch_order(len(lengths), adv.epochs, ft.batch_size, run.seed, (run.key, "advtrain", rnd))
+        train = training_flops(arch.shape, lengths, shared, order, ft.batch_size, ft.micro_batch_size)
+        refresh = forward_flops_of(arch.shape, pool.lengths, pool.shared, ft.eval_batch_size)
         why = "" if per is not None else f"no FLOP model for attack type '{a.type}': not counted"
         return [Phase("training attack", f"attack:{a.type}", attack, "defense_flops",
                       note=why or f"{len(picked)} examples x {n_it} iterations"),
@@ -231,13 +252,14 @@ class CostModel:
                  active_per_round: list[int]) -> RunPlan:
         cfg = self.cfg
         plan = RunPlan(run, arch, tt)
-        pool: list[tuple[float, int]] = []
+        pool = PoolShape()
         clean = self._once((arch.label, "clean"), lambda: self.clean_eval(arch, tt))
         evals = {a.name: self._once((arch.label, "attack", a.name), lambda a=a: self.eval_attack(a, arch, tt))
                  for a in cfg.attacks}
         for rnd in range(n_rounds + 1):
             rp = RoundPlan(rnd)
-            rp.phases += [self.finetune(run, arch, tt)] if rnd == 0 else self.adversarial(run, rnd, arch, tt, pool)
+            rp.phases += ([self.finetune(run, arch, tt)] if rnd == 0
+                          else self.adversarial(run, rnd, n_rounds, arch, tt, pool))
             rp.phases.append(clean)
             rp.phases += [evals[a.name] for a in cfg.attacks]
             n_src = active_per_round[rnd]

@@ -110,7 +110,7 @@ def adversarial(ctx: SweepContext, clf: Classifier, run: RunSpec, rnd: int, pool
     then refresh every pool entry's loss under the new model (training/adversarial.py has the rules)."""
     cfg, group = ctx.cfg, ctx.layout.group
     adv, m, train_set = cfg.advtrain, ctx.model(run), ctx.task.train
-    n_it = adv.scheduled_iterations(rnd)
+    n_it = adv.scheduled_iterations(rnd, ctx.plan.n_rounds(run))
     base = cfg.train_attack()
     a = base.plugin.for_training(base, n_it, adv.n_new_examples)
     picked = attacked_examples(a.n_examples, len(train_set), run.seed, run.key, rnd)

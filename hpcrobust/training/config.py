@@ -47,15 +47,24 @@ class AdvTrainConfig:
     iterations_start: int = setting(8, lo=1, hi=10**7, doc="training-attack iterations in round 1 (the training"
                                                            " attack's n_iterations)")
     iterations_end: int = setting(64, lo=1, hi=10**7, doc="training-attack iterations in the last round")
+    schedule_per_size: bool = setting(True, doc="each size ramps from iterations_start to iterations_end over its"
+                                      " own rounds (models.N.rounds), as the reference; false: one ramp over"
+                                      " advtrain.rounds, which a size with fewer rounds leaves partway")
     epochs: float = setting(1.0, lo=0.0, doc="epochs per round")
     lr: float = setting(1e-3, lo=0.0, doc="learning rate per round")
     schedule: str = setting("constant", choices=SCHEDULES, doc="learning-rate schedule per round")
     optimizer: str = setting("adamw", choices=OPTIMIZERS, doc="optimizer per round")
     equal_compute: bool = setting(False, doc="pick rounds per size so defense compute is roughly equal")
 
-    def scheduled_iterations(self, rnd: int) -> int:
-        """Training-attack iterations in round `rnd` (1-based): linear from start to end over `rounds`."""
-        if self.rounds <= 1:
+    def scheduled_iterations(self, rnd: int, size_rounds: int | None = None) -> int:
+        """Training-attack iterations in round `rnd` (1-based) of a size that trains for `size_rounds` rounds.
+
+        Linear from start to end and truncated as the reference does (start + int((rnd-1)·rate)), over the
+        size's own rounds (or over advtrain.rounds with schedule_per_size false, or when `size_rounds` is not
+        given), so the first round gets iterations_start and the size's last round iterations_end.
+        """
+        n = self.rounds if size_rounds is None or not self.schedule_per_size else size_rounds
+        if n <= 1:
             return self.iterations_start
-        frac = (rnd - 1) / (self.rounds - 1)
-        return int(round(self.iterations_start + frac * (self.iterations_end - self.iterations_start)))
+        rate = (self.iterations_end - self.iterations_start) / (n - 1)
+        return self.iterations_start + int((rnd - 1) * rate)
