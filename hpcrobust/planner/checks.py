@@ -122,8 +122,12 @@ def warnings_for(cfg: SweepConfig, plan: Plan, runs: dict[str, RunPlan]) -> tupl
                      " success")
     if any(a.type == "gcg" for a in [*cfg.attacks, *cfg.train_attacks]):
         counted = all(rp.tokens.tokenizer is not None for rp in runs.values())
-        notes.append("GCG candidates are counted at the share that passes the decode-then-encode filter, replayed"
-                     " with the tokenizer" if counted else "GCG is counted at its full search_width where no tokenizer"
+        replay = ("GCG candidates are counted at the share that passes the decode-then-encode filter, replayed"
+                  " with the tokenizer")
+        if any(a.type == "gcg" and not a.params.ascii_only for a in [*cfg.attacks, *cfg.train_attacks]):
+            replay += (" on random swaps (with ascii_only: false the gradient's choice of tokens moves the share:"
+                       " within about 25% on the tiny family's byte-level vocabulary)")
+        notes.append(replay if counted else "GCG is counted at its full search_width where no tokenizer"
                      " is at hand (an upper bound: the decode-then-encode filter only drops candidates)")
     per_rank = max((math.ceil(a.n_examples / cfg.parallel.ranks_per_group) for a in cfg.attacks), default=0)
     if per_rank > MAX_CACHED_EXAMPLES:

@@ -11,8 +11,8 @@ iteration schedule. Only two things are not known before the run, and the plan s
 
 What each phase's nominal FLOPs equal in the results file (`recorded`): fine-tuning = round 0's
 `finetune_flops`; an evaluation attack = the sum of `attacks/<name>/flops_nominal`; adversarial training =
-`defense_flops` (training attack + training + pool-loss refresh). Clean accuracy and the transfer matrix are
-computed but not recorded; they count toward wall time only.
+`defense_flops` (training attack + new entries' losses + training + pool-loss refresh). Clean accuracy and the
+transfer matrix are computed but not recorded; they count toward wall time only.
 """
 
 from __future__ import annotations
@@ -222,7 +222,9 @@ class CostModel:
         attack = F.total(per) if per is not None else FlopCount()
         before, after = tt.train.around(a.placement, a.infix_fraction)
         idx = np.asarray(picked, dtype=np.int64)
-        pool.add(before[idx] + a.n_attack_tokens + after[idx], np.minimum(tt.train.lcp, before[idx]))
+        new_len, new_shared = before[idx] + a.n_attack_tokens + after[idx], np.minimum(tt.train.lcp, before[idx])
+        pool.add(new_len, new_shared)
+        new_losses = forward_flops_of(arch.shape, new_len, new_shared, ft.eval_batch_size)
 
         n_adv = min(len(pool), math.floor(adv.max_adv_fraction * adv.max_examples))
         n_clean = min(n_train, adv.max_examples - n_adv)
@@ -245,6 +247,8 @@ class CostModel:
                       note=why or f"{len(picked)} examples x {n_it} iterations"),
                 Phase("adversarial training", TRAIN, train, "defense_flops",
                       note=f"{n_adv} adversarial ({note}) + {n_clean} clean, {len(order)} examples"),
+                Phase("new pool entries' losses", FORWARD, new_losses, "defense_flops",
+                      note=f"{len(picked)} true-label losses under the model that attacked them"),
                 Phase("pool refresh", FORWARD, refresh, "defense_flops", note=f"{len(pool)} pool entries")]
 
     # ---------------------------------------------------------------- a whole run
