@@ -1,5 +1,6 @@
-"""configs/advtrain_demo.yaml meets its targets: for every size, GCG-suffix ASR at the last round is at most
-half its round-0 value and clean accuracy stays >= 0.85; the baseline random-token defense is reported.
+"""configs/advtrain_demo.yaml meets its targets: for every size, GCG-suffix ASR (the reference's) at the last round
+is at most 0.35 of its round-0 value and clean accuracy stays >= 0.85; the baseline random-token defense is
+reported.
 Slow (minutes), and only run when HPCROBUST_RUN_DEMO=1 (the quickstart test covers the same code in CI)."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hpcrobust.store.reader import load, load_attacks
 from tests.conftest import ROOT, run_cli
@@ -24,9 +26,10 @@ def test_demo_halves_gcg_asr_and_keeps_accuracy(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = load(tmp_path / "advtrain_demo.h5")
     gcg = load_attacks(tmp_path / "advtrain_demo.h5").query("attack == 'gcg_suffix'")
-    for run, g in gcg.groupby("run"):
-        asr = g.sort_values("round").asr.to_numpy()
-        assert len(asr) == 6 and asr[-1] <= asr[0] / 2, (run, asr)
+    rounds = yaml.safe_load((tmp_path / "demo.yaml").read_text())["advtrain"]["rounds"]
+    for size, g in gcg.groupby("model_label"):  # the seeds' mean per round
+        asr = g.groupby("round").asr.mean().sort_index().to_numpy()
+        assert len(asr) == rounds + 1 and asr[-1] <= 0.35 * asr[0], (size, asr)
     assert (df.clean_accuracy >= 0.85).all(), df[["run", "round", "clean_accuracy"]]
-    r0 = gcg[gcg["round"] == 0].set_index("model_label").asr
+    r0 = gcg[gcg["round"] == 0].groupby("model_label").asr.mean()
     assert r0["s_rtdef"] < r0["s"]  # the baseline defense lowers round-0 ASR
