@@ -48,6 +48,31 @@ def test_quickstart_meets_its_targets(quickstart_dir):
         assert len(gcg) == 4 and gcg[-1] < gcg[0], (run, gcg)  # adversarial training made GCG weaker
 
 
+def test_analyze_on_the_quickstart_fits_iterations_from_1_with_the_reference_asr(quickstart_dir, tmp_path):
+    """`hpcrobust analyze` on the real quickstart file: every attack's slope is fitted on iterations >= 1 with the
+    reference ASR, and the fitted points are exactly those of that definition (recomputed here from the file)."""
+    import h5py
+    import pandas as pd
+
+    from hpcrobust.analysis.metrics import logit10, ols
+
+    if not (quickstart_dir / "results.h5").exists():
+        pytest.skip("needs the 1-rank quickstart above")
+    proc = run_cli(["analyze", str(quickstart_dir / "results.h5"), "--out", str(tmp_path / "rep")], timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fits = pd.read_csv(tmp_path / "rep" / "fig2_attack_scaling_fits.csv")
+    assert (fits["asr_definition"].str.startswith("reference")).all() and not fits["early_stop"].any()
+    assert "iterations ≥ 1" in (tmp_path / "rep" / "report.md").read_text()
+    row = fits[(fits["attack"] == "gcg_suffix") & (fits["round"] == 0) & (fits["model_label"] == "s")].iloc[0]
+    with h5py.File(quickstart_dir / "results.h5") as f:
+        g = f["runs/s__seed0/rounds/0000/attacks/gcg_suffix"]
+        asr, flops = g["asr_current"][()], g["flops_nominal"][()]
+    t = np.arange(1, len(asr))
+    x, y = np.log10(t * flops.sum() / (len(asr) - 1)), logit10(asr[1:])
+    ok = (asr[1:] > 0) & (asr[1:] < 1)
+    assert row["n_points"] == ok.sum() and row["slope"] == pytest.approx(ols(x[ok], y[ok]).slope, rel=1e-9)
+
+
 def test_quickstart_under_mpiexec_and_on_slurm_store_the_same_values(quickstart_dir):
     """Rounds 0 and 1 (fine-tuning, three attacks, one adversarial round): `mpiexec -n 2` stores what the 1-rank
     run stored, and the same config submitted to SLURM with 2 tasks and --mpi=pmi2 stores what mpiexec stored."""
