@@ -25,7 +25,7 @@ FAMILY_ATTACK_KEYS = {"sampler"}
 def paper_rows() -> list[dict[str, str]]:
     """The rows of the README's Paper settings table, as {column: cell}."""
     text = (ROOT / "README.md").read_text()
-    section = text.split("\n## Paper settings\n", 1)[1].split("\n### Differences from the reference", 1)[0]
+    section = text.split("\n## Paper settings\n", 1)[1].split("\n#", 1)[0]  # up to the next heading
     lines = [ln.strip() for ln in section.splitlines() if ln.strip().startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = []
