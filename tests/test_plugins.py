@@ -83,7 +83,7 @@ def test_each_type_takes_only_its_own_keys(repeat_token):
     with pytest.raises(UserError, match=r"attacks.0.stride: 0 is below the minimum 1"):
         config_from_dict({"attacks": [{"name": "r", "type": "repeat_token", "stride": 0}]})
     with pytest.raises(UserError, match=r"unknown key 'attacks.0.search_width' \(a random_token attack's own keys:"
-                                        r" none\)"):
+                                        r" early_stop, ascii_only\)"):
         config_from_dict({"attacks": [{"name": "r", "type": "random_token", "search_width": 8}]})
     with pytest.raises(UserError, match=r"attacks.0.type: 'pgd' is not a known attack \(known: beast, gcg,"
                                         r" random_token, repeat_token\)"):
