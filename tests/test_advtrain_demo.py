@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 from hpcrobust.store.reader import load, load_attacks
 from tests.conftest import ROOT, run_cli
@@ -26,10 +25,13 @@ def test_demo_halves_gcg_asr_and_keeps_accuracy(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = load(tmp_path / "advtrain_demo.h5")
     gcg = load_attacks(tmp_path / "advtrain_demo.h5").query("attack == 'gcg_suffix'")
-    rounds = yaml.safe_load((tmp_path / "demo.yaml").read_text())["advtrain"]["rounds"]
+    planned = df.groupby("model_label")["rounds"].first()  # the baseline-defense model has 0 adversarial rounds
+    assert (planned > 0).sum() >= 2
     for size, g in gcg.groupby("model_label"):  # the seeds' mean per round
+        if planned[size] == 0:
+            continue
         asr = g.groupby("round").asr.mean().sort_index().to_numpy()
-        assert len(asr) == rounds + 1 and asr[-1] <= 0.35 * asr[0], (size, asr)
+        assert len(asr) == planned[size] + 1 and asr[-1] <= 0.35 * asr[0], (size, asr)
     assert (df.clean_accuracy >= 0.85).all(), df[["run", "round", "clean_accuracy"]]
     r0 = gcg[gcg["round"] == 0].groupby("model_label").asr.mean()
     assert r0["s_rtdef"] < r0["s"]  # the baseline defense lowers round-0 ASR
