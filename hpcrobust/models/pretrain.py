@@ -56,8 +56,8 @@ def public_family(name: str, hf_config, n_backbone: int, n_embedding: int) -> Pr
         return Pretraining.of(n_backbone, PYTHIA_TOKENS, "pythia: N without the output embedding, D = 299.9B")
     if mtype == "qwen2" and "qwen2" in name:
         n = n_backbone + (0 if tied else n_embedding)
-        small, large = QWEN25_TOKENS if "qwen2.5" in name else QWEN2_TOKENS
-        tokens = small if n < SMALL_QWEN else large
         version = "qwen2.5" if "qwen2.5" in name else "qwen2"
+        small, large = QWEN25_TOKENS if version == "qwen2.5" else QWEN2_TOKENS
+        tokens = small if n < SMALL_QWEN else large
         return Pretraining.of(n, tokens, f"{version}: N counts a tied embedding once, D = {tokens / 1e12:g}T")
     return UNKNOWN
