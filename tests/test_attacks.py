@@ -176,3 +176,21 @@ def _tok_other(tmp_path):
     path = tmp_path / "other_tok.json"
     tok.save(str(path))
     return PreTrainedTokenizerFast(tokenizer_file=str(path), eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+@pytest.mark.parametrize("extra_rows", [0, 27])
+def test_gcg_swaps_never_use_embedding_rows_beyond_the_tokenizer(setup, extra_rows):
+    """Real checkpoints pad the embedding past the tokenizer (Pythia: 50,304 rows for 50,277 tokens): the
+    gradient is wider than the vocabulary, and the padding rows must never become candidates."""
+    from hpcrobust.attacks.gcg import SwapSampler
+
+    _, clf, _, _ = setup
+    tok = clf.tokenizer
+    a = attack(type="gcg", search_width=64, topk=16)
+    sampler = SwapSampler(a.params, tok)
+    grad = torch.zeros(6, len(tok) + extra_rows)
+    grad[:, len(tok):] = -1e6  # the padding rows look like the best swaps
+    tokens = np.array(tok.encode(" hello world again and again", add_special_tokens=False)[:6])
+    cands = sampler.candidates(grad, tokens, np.random.default_rng(0))
+    assert len(cands) and cands.max() < len(tok)
+    assert not np.isin(cands, np.flatnonzero(sampler.blocked)).any()

@@ -105,8 +105,9 @@ class SwapSampler:
 
     def candidates(self, grad: torch.Tensor, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         g = grad.float().cpu().numpy()
-        g[:, self.blocked[: g.shape[1]]] = np.inf
-        g[:, len(self.blocked):] = np.inf  # embedding rows beyond the tokenizer (padding)
+        n = min(g.shape[1], len(self.blocked))
+        g[:, :n][:, self.blocked[:n]] = np.inf
+        g[:, n:] = np.inf  # embedding rows beyond the tokenizer (Pythia pads 50,277 tokens to 50,304 rows)
         k = self.p.topk
         topk = np.argsort(g, axis=1, kind="stable")[:, :k]  # most negative gradient first
         n, c = len(tokens), self.p.search_width
