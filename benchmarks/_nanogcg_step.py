@@ -20,14 +20,23 @@ def main() -> None:
     tok = PreTrainedTokenizerFast(tokenizer_file=spec["tokenizer_file"], eos_token="<|endoftext|>",
                                   bos_token="<|endoftext|>", pad_token="<|endoftext|>")
     tok.chat_template = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
-    cfg = GPTNeoXConfig.from_pretrained(spec["model"], rotary_pct=1.0, partial_rotary_factor=1.0)
-    model = GPTNeoXForCausalLM.from_pretrained(spec["model"], config=cfg, torch_dtype=torch.float32).eval()
+    cfg = GPTNeoXConfig.from_pretrained(spec["model"], rotary_pct=spec.get("rotary_pct", 1.0),
+                                       partial_rotary_factor=spec.get("rotary_pct", 1.0))
+    dtype = getattr(torch, spec.get("dtype", "float32"))
+    model = GPTNeoXForCausalLM.from_pretrained(spec["model"], config=cfg, torch_dtype=dtype).eval()
+    model = model.to(spec.get("device", "cpu"))
+
+    def sync() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
 
     def timed(steps: int) -> float:
         gcg_cfg = GCGConfig(num_steps=steps, optim_str_init=spec["init"], search_width=spec["search_width"],
                             topk=spec["topk"], early_stop=False, use_prefix_cache=True, seed=0, verbosity="ERROR")
+        sync()
         t0 = time.perf_counter()
         GCG(model, tok, gcg_cfg).run(spec["prompt"] + "{optim_str}" + spec["after"], spec["target"])
+        sync()
         return time.perf_counter() - t0
 
     timed(2)  # warm-up

@@ -6,6 +6,7 @@
 2. hpcrobust's GCG step with the prefix cache against without it, on a 200-token prompt.
 
     python benchmarks/gcg_step.py --nanogcg-python /path/to/nanogcg-venv/bin/python [--size m]
+    python benchmarks/gcg_step.py --shape pythia-410m --device cuda --dtype bfloat16 ...   (on a GPU)
 
 Set up nanoGCG's environment with:
     python3 -m venv /opt/nanogcg && /opt/nanogcg/bin/pip install torch==2.13.0 transformers==4.47.1 nanogcg==0.3.0
@@ -14,13 +15,17 @@ Set up nanoGCG's environment with:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+from gpu_shapes import build_shape
 
 from hpcrobust.attacks.base import run_attack
 from hpcrobust.attacks.engine import ScoringEngine
@@ -34,19 +39,32 @@ from hpcrobust.tasks.generated import ANSWER_PROMPT, password_match
 from hpcrobust.tasks.placement import encode
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def our_step_seconds(clf, example: Example, attack: AttackConfig, steps: int, use_cache: bool) -> float:
     enc = encode(clf.tokenizer, example, "suffix")
 
     def timed(n: int) -> float:
-        a = AttackConfig(**{**attack.__dict__, "n_iterations": n, "early_stop": False})
-        engine = ScoringEngine(clf, chunk=a.search_width, use_cache=use_cache)
+        a = dataclasses.replace(attack, n_iterations=n)
+        engine = ScoringEngine(clf, chunk=a.params.search_width, use_cache=use_cache)
+        _sync(clf.device)
         t0 = time.perf_counter()
         run_attack(GCG(a, 0, ("bench",), clf.tokenizer), engine, Comm(None), [(0, enc)], np.array([True]))
+        _sync(clf.device)
         return time.perf_counter() - t0
 
     timed(2)
     short, long = timed(steps), timed(2 * steps)
     return (long - short) / steps
+
+
+def rotary_fraction(cfg) -> float:
+    """transformers 5 keeps it in rope_parameters, which nanoGCG's transformers 4.47 does not read."""
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    return float(rope.get("partial_rotary_factor", getattr(cfg, "rotary_pct", 1.0)))
 
 
 def long_example(tokenizer, n_tokens: int) -> Example:
@@ -59,7 +77,10 @@ def long_example(tokenizer, n_tokens: int) -> Example:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="m")
+    ap.add_argument("--size", default="m", help="a built-in size (ignored with --shape)")
+    ap.add_argument("--shape", default="", help="a random-weight stand-in of a real shape, e.g. pythia-410m")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--search-width", type=int, default=128)
     ap.add_argument("--topk", type=int, default=256)
@@ -70,21 +91,27 @@ def main() -> None:
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     fam = FamilyConfig()
-    family.ensure_built(fam, [args.size])
-    clf = load_classifier(ModelConfig(name_or_path=f"builtin:{args.size}"), fam, torch.device("cpu"), seed=0)
-    attack = AttackConfig(name="bench", type="gcg", n_attack_tokens=args.suffix, search_width=args.search_width,
-                          topk=args.topk)
+    if args.shape:
+        folder = build_shape(args.shape, Path(tempfile.gettempdir()) / "hpcrobust-gpu-shapes" / args.shape)
+        name = args.shape
+    else:
+        family.ensure_built(fam, [args.size])
+        folder, name = family.size_dir(fam, args.size), f"builtin:{args.size}"
+    clf = load_classifier(ModelConfig(name_or_path=str(folder), torch_dtype=args.dtype), fam,
+                          torch.device(args.device), seed=0)
+    attack = AttackConfig.from_data({"name": "bench", "type": "gcg", "n_attack_tokens": args.suffix,
+                                     "search_width": args.search_width, "topk": args.topk}, "bench")
     ex = password_match(2, 2, seed=0).val[0]
     n_prompt = len(encode(clf.tokenizer, ex, "suffix").before)
-    print(f"backbone builtin:{args.size} ({clf.n_params:,} parameters), prompt {n_prompt} tokens, suffix"
-          f" {args.suffix}, search width {args.search_width}, top-k {args.topk}, {threads} thread(s)")
+    print(f"backbone {name} ({clf.n_params:,} parameters, {args.dtype} on {args.device}), prompt {n_prompt} tokens,"
+          f" suffix {args.suffix}, search width {args.search_width}, top-k {args.topk}, {threads} thread(s)")
 
     ours = our_step_seconds(clf, ex, attack, args.steps, use_cache=True)
     print(f"hpcrobust GCG step: {ours:.4f} s")
     if args.nanogcg_python:
         init = clf.tokenizer.decode(initial_tokens(attack, clf.tokenizer))
-        spec = {"model": str(family.size_dir(fam, args.size)),
-                "tokenizer_file": str(family.size_dir(fam, args.size) / "tokenizer.json"),
+        spec = {"model": str(folder), "tokenizer_file": str(folder / "tokenizer.json"),
+                "device": args.device, "dtype": args.dtype, "rotary_pct": rotary_fraction(clf.model.config),
                 "prompt": ex.instructions + ex.content, "after": ex.answer_prompt, "target": " GRANTED",
                 "init": init, "search_width": args.search_width, "topk": args.topk, "steps": args.steps,
                 "threads": threads}
