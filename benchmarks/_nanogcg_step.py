@@ -35,7 +35,12 @@ def main() -> None:
                             topk=spec["topk"], early_stop=False, use_prefix_cache=True, seed=0, verbosity="ERROR")
         sync()
         t0 = time.perf_counter()
-        GCG(model, tok, gcg_cfg).run(spec["prompt"] + "{optim_str}" + spec["after"], spec["target"])
+        gcg = GCG(model, tok, gcg_cfg)
+        rows = model.get_input_embeddings().weight.shape[0]
+        if rows > len(tok):  # embedding rows past the tokenizer (as Pythia pads its vocabulary) are no tokens
+            pad = torch.arange(len(tok), rows, device=model.device)
+            gcg.not_allowed_ids = pad if gcg.not_allowed_ids is None else torch.cat([gcg.not_allowed_ids, pad])
+        gcg.run(spec["prompt"] + "{optim_str}" + spec["after"], spec["target"])
         sync()
         return time.perf_counter() - t0
 

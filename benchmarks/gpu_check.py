@@ -22,38 +22,44 @@ from hpcrobust.tasks.generated import password_match
 from hpcrobust.tasks.placement import encode
 
 
-def matmul_rate(dtype: torch.dtype, n: int = 8192, reps: int = 10) -> float:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 8192, reps: int = 10) -> float:
     """FLOP/s of one large square product: the ceiling the scoring rate is compared with."""
-    a = torch.randn(n, n, device="cuda", dtype=dtype)
-    b = torch.randn(n, n, device="cuda", dtype=dtype)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
-    torch.cuda.synchronize()
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(reps):
         a @ b
-    torch.cuda.synchronize()
+    sync(device)
     return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
 def scoring(args: argparse.Namespace) -> None:
     folder = build_shape(args.shape, Path(args.cache) / args.shape)
     m = ModelConfig(name_or_path=str(folder), torch_dtype="bfloat16")
-    clf = load_classifier(m, FamilyConfig(), torch.device("cuda"), seed=0)
+    device = torch.device(args.device)
+    clf = load_classifier(m, FamilyConfig(), device, seed=0)
     ex = password_match(2, 2, seed=0).val[0]
     enc = encode(clf.tokenizer, ex, "suffix")
     engine = ScoringEngine(clf, chunk=args.chunk)
     rng = np.random.default_rng(0)
     cands = rng.integers(100, 5000, size=(args.chunk * args.chunks, args.suffix))
     engine.score_all(0, enc, cands[: args.chunk])  # warm-up, and the prefix cache
-    torch.cuda.synchronize()
+    sync(device)
     start = clf.meter.total.snapshot()
     t0 = time.perf_counter()
     engine.score_all(0, enc, cands)
-    torch.cuda.synchronize()
+    sync(device)
     dt = time.perf_counter() - t0
     spent = clf.meter.total.since(start)
-    peak = matmul_rate(torch.bfloat16)
+    peak = matmul_rate(device, torch.bfloat16, n=8192 if device.type == "cuda" else 1024)
     print(f"scoring: {args.shape} ({clf.n_params:,} parameters), bf16, {len(cands)} candidates of {args.suffix}"
           f" tokens on a {len(enc.before)}-token cached prefix, chunk {args.chunk}: {dt:.3f} s")
     print(f"  bf16 matmul {peak / 1e12:.1f} TFLOP/s; actual {spent.actual / dt / 1e12:.2f} TFLOP/s,"
@@ -91,12 +97,13 @@ def main() -> None:
     s.add_argument("--chunk", type=int, default=512)
     s.add_argument("--chunks", type=int, default=8)
     s.add_argument("--suffix", type=int, default=20)
+    s.add_argument("--device", default="cuda", help="cpu only to try the script out")
     s.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "hpcrobust-gpu-shapes"))
     q = sub.add_parser("quickstart")
     q.add_argument("file")
     q.add_argument("--cpu-file", default="")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
+    if args.cmd == "scoring" and args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device visible")
     {"scoring": scoring, "quickstart": quickstart}[args.cmd](args)
 
