@@ -64,7 +64,7 @@ class Results:
     asr: pd.DataFrame
     transfer: pd.DataFrame
     sweeps: list[Sweep]
-    attack_info: pd.DataFrame  # per (sweep, attack): type, placement, n_iterations, ensemble
+    attack_info: pd.DataFrame  # per (sweep, attack): type, placement, n_iterations, ensemble, rounds
     attempts: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ATTEMPT_COLUMNS))  # per attempt
     cache: dict = field(default_factory=dict, repr=False)  # derived tables shared by several figures
 
@@ -294,10 +294,13 @@ def _attack_info(sweeps: list[Sweep]) -> pd.DataFrame:
     rows = []
     for s in sweeps:
         for a in s.config.get("attacks") or []:
+            rounds = a.get("rounds", "all")  # attacks.N.rounds as configured ('all', a list or 'log:K')
             rows.append({"sweep": s.label, "attack": a.get("name"), "attack_type": a.get("type", "?"),
                          "placement": a.get("placement", "suffix"), "n_iterations": a.get("n_iterations"),
-                         "ensemble": bool(a.get("ensemble", False))})
-    return pd.DataFrame(rows, columns=["sweep", "attack", "attack_type", "placement", "n_iterations", "ensemble"])
+                         "ensemble": bool(a.get("ensemble", False)),
+                         "rounds": " ".join(map(str, rounds)) if isinstance(rounds, list) else str(rounds)})
+    return pd.DataFrame(rows, columns=["sweep", "attack", "attack_type", "placement", "n_iterations", "ensemble",
+                                       "rounds"])
 
 
 def load(paths: str | Path | list[str | Path]) -> Results:

@@ -110,7 +110,7 @@ class AttackConfig:
 
     def to_data(self) -> dict:
         skip = set(self.scheduled(self.plugin)) | set(self.EVAL_ONLY) | {"params"}
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
+        out = {f.name: to_data(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in skip}
         out.update(to_data(self.params))
         return out
 
