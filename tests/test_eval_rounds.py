@@ -140,6 +140,35 @@ def test_the_plan_counts_only_the_evaluated_rounds(family_cache):
     assert [r for r, rr in enumerate(s.rounds) if any(p.name == "attack rt" for p in rr.phases)] == [0]
 
 
+def test_analysis_of_attacks_that_skip_rounds(tmp_path):
+    """A synthetic file (three sizes, two seeds, rounds 0..4) whose GCG ran in rounds 0, 2 and 4 only: every figure,
+    table and export is made, and an attack's rows are exactly its rounds."""
+    from hpcrobust.analysis import load as load_all
+    from hpcrobust.analysis.report import analyze
+    from hpcrobust.analysis.synthetic import SynthAttack, SynthSpec, write_synthetic
+    from hpcrobust.analysis.tidy import export
+
+    spec = SynthSpec(rounds=4, attacks=[SynthAttack("gcg", rounds=[0, 2, 4]), SynthAttack("rt", "random_token", 32)])
+    path = write_synthetic(tmp_path / "picked.h5", spec)
+    res = load_all(path)
+    assert set(res.attacks.loc[res.attacks.attack == "gcg", "round"]) == {0, 2, 4}
+    assert set(res.attacks.loc[res.attacks.attack == "rt", "round"]) == set(range(5))
+    assert set(res.transfer.loc[res.transfer.attack == "gcg", "round"]) == {0, 2, 4}
+    assert res.attacks["asr"].notna().all() and len(res.rounds) == 3 * 2 * 5
+    rep = analyze([path], tmp_path / "rep", n_boot=50)
+    assert len(rep.figures) == 9
+    for name in ("fig3_advtrain_rounds", "fig4_asr_vs_size_by_round", "fig3b_advtrain_defense_flops"):
+        df = pd.read_csv(tmp_path / "rep" / f"{name}.csv")
+        assert set(df.loc[df.attack == "gcg", "round"]) <= {0, 2, 4} and df["asr_median"].notna().all(), name
+    off = pd.read_csv(tmp_path / "rep" / "fig5_offense_defense.csv")
+    assert set(off.loc[off.attack == "gcg", "round"]) == {0, 2, 4}
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| gcg | gcg | suffix | 10 | False | 0 2 4 |" in md  # the attack table says which rounds
+    assert "No device-hours recorded" in md  # this writer records no provenance: said, not invented
+    done = export([path], tmp_path / "exp", fmt="csv")
+    assert done.files["attacks"][1] == 3 * 2 * (3 + 5) and done.files["attempts"][1] == 0
+
+
 # ---------------------------------------------------------------- a real sweep
 
 @pytest.fixture(scope="module")
