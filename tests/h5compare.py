@@ -1,9 +1,12 @@
-"""Compare two results files dataset by dataset (timings excepted)."""
+"""Compare two results files dataset by dataset (timings and provenance excepted: store/schema.py PROVENANCE, the
+attempts group; they say where and when a number was computed, which differs between attempts and rank counts)."""
 
 from __future__ import annotations
 
 import h5py
 import numpy as np
+
+from hpcrobust.store.schema import ATTEMPTS, PROVENANCE
 
 SKIP = ("wall_time",)
 
@@ -12,11 +15,14 @@ def datasets(path) -> dict:
     out = {}
     with h5py.File(path, "r") as f:
         def visit(name, obj):
+            if name.split("/")[0] == ATTEMPTS:
+                return
             if isinstance(obj, h5py.Dataset) and not name.split("/")[-1].startswith(SKIP):
                 out[name] = obj[()]
             elif isinstance(obj, h5py.Group):
                 for k, v in obj.attrs.items():
-                    out[f"{name}@{k}"] = v
+                    if k not in PROVENANCE:
+                        out[f"{name}@{k}"] = v
         f.visititems(visit)
         out["@science_hash"] = f.attrs["science_hash"]
     return out

@@ -1,4 +1,5 @@
-"""Regenerate the README's generated parts (config keys, round scalars, attack arrays, import drawing) from the code.
+"""Regenerate the README's generated parts (config keys, round scalars, attack arrays, provenance attributes, import
+drawing) from the code.
 
     python tools/readme_tables.py          # rewrite README.md in place
     python tools/readme_tables.py --check  # exit 1 if README.md is out of date (used by the tests)
@@ -10,7 +11,7 @@ import sys
 from pathlib import Path
 
 from hpcrobust.config import describe
-from hpcrobust.store.schema import ATTACK_ARRAYS, ROUND_SCALARS
+from hpcrobust.store.schema import ATTACK_ARRAYS, ATTEMPT_ATTRS, ROUND, ROUND_ATTRS, ROUND_SCALARS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import import_graph  # noqa: E402  (tools/ is not a package)
@@ -27,8 +28,12 @@ def tables() -> dict[str, list[str]]:
     keys += [f"| `{k}` | `{_cell(d)}` | {_cell(doc)} |" for k, d, doc in describe()]
     scalars = ["| dataset | meaning |", "|---|---|"] + [f"| `{k}` | {_cell(v)} |" for k, v in ROUND_SCALARS.items()]
     arrays = ["| dataset | meaning |", "|---|---|"] + [f"| `{k}` | {_cell(v)} |" for k, v in ATTACK_ARRAYS.items()]
+    rattrs = ["| attribute | meaning |", "|---|---|"] + [f"| `{k}` | {_cell(v)} |" for k, v in ROUND_ATTRS.items()
+                                                         if k != ROUND]
+    aattrs = ["| attribute | meaning |", "|---|---|"] + [f"| `{k}` | {_cell(v)} |" for k, v in ATTEMPT_ATTRS.items()]
     graph = ["```", *import_graph.drawing(import_graph.module_graph()).rstrip().splitlines(), "```"]
-    return {"config-keys": keys, "round-scalars": scalars, "attack-arrays": arrays, "import-graph": graph}
+    return {"config-keys": keys, "round-scalars": scalars, "attack-arrays": arrays, "round-attrs": rattrs,
+            "attempt-attrs": aattrs, "import-graph": graph}
 
 
 def render(text: str) -> str:

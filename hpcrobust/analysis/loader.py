@@ -30,6 +30,10 @@ CURVE = ("asr", "asr_cum", "k", "flops", "flops_actual")  # per-iteration column
 # written before `asr_current` existed, the cumulative ASR (flipped at or before t), said so in the report.
 REFERENCE_ASR = "reference (current candidate at t)"
 CUMULATIVE_ASR = "cumulative (file has no asr_current)"
+# Provenance read with each round (columns of `rounds`; absent in files written before it was recorded) and the
+# columns of `attempts` (one row per committed attempt of a file): see store/schema.py.
+ROUND_PROVENANCE = [k for k in S.ROUND_ATTRS if k != S.ROUND]
+ATTEMPT_COLUMNS = ["sweep", "file", *S.ATTEMPT_ATTRS]
 
 
 @dataclass
@@ -48,8 +52,9 @@ class Sweep:
 
 @dataclass
 class Results:
-    """Tidy tables. runs: one row per run; rounds: per committed (run, round); attacks: per (run, round,
-    attack) summary; asr: per (run, round, attack, iteration); transfer: per (round, attack, source, target).
+    """Tidy tables. runs: one row per run; rounds: per committed (run, round), with its provenance; attacks: per
+    (run, round, attack) summary, only for the rounds an attack ran in; asr: per (run, round, attack,
+    iteration); transfer: per (round, attack, source, target); attempts: per committed attempt of each file.
     `asr` columns hold the reference's ASR (see REFERENCE_ASR), `asr_cum` the cumulative one; `flops` is the
     cumulative nominal attack FLOPs after each iteration (index 0: setup)."""
 
@@ -59,7 +64,8 @@ class Results:
     asr: pd.DataFrame
     transfer: pd.DataFrame
     sweeps: list[Sweep]
-    attack_info: pd.DataFrame  # per (sweep, attack): type, placement, n_iterations, ensemble
+    attack_info: pd.DataFrame  # per (sweep, attack): type, placement, n_iterations, ensemble, rounds
+    attempts: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ATTEMPT_COLUMNS))  # per attempt
     cache: dict = field(default_factory=dict, repr=False)  # derived tables shared by several figures
 
     @property
@@ -134,6 +140,18 @@ def _scalar(gid, name: bytes) -> float:
     return float(arr)
 
 
+def _attrs(gid, names) -> dict:
+    """The attributes of `names` that a group (low-level id) has: strings decoded, numbers as Python numbers."""
+    attrs = h5py.Group(gid).attrs
+    out = {}
+    for name in names:
+        if name in attrs:
+            v = attrs[name]
+            v = v.decode() if isinstance(v, bytes) else v
+            out[name] = v.item() if isinstance(v, np.generic) else v
+    return out
+
+
 def _array(gid, name: bytes, dtype) -> np.ndarray:
     d = h5py.h5d.open(gid, name)
     arr = np.empty(d.shape, dtype)
@@ -150,6 +168,7 @@ class _Reader:
         self.attacks: list[dict] = []
         self.asr: list[tuple[dict, dict]] = []
         self.transfer: list[pd.DataFrame] = []
+        self.attempts: list[dict] = []
 
     def read_file(self, path: Path, f: h5py.File, sweep: Sweep, prefix: str) -> None:
         name, ttype = train_attack(sweep.config)
@@ -165,6 +184,7 @@ class _Reader:
                     continue
                 row = {"run": rid, "round": int(r)}
                 row.update({k.decode(): _scalar(rg, k) for k in _names(rg) if k != _ATTACKS})
+                row.update(_attrs(rg, ROUND_PROVENANCE))
                 self.rounds.append(row)
                 first = first or row
                 n_rounds += 1
@@ -183,6 +203,9 @@ class _Reader:
                               "pretrain_n": first.get(S.PRETRAIN_N, np.nan),
                               "pretrain_tokens": first.get(S.PRETRAIN_TOKENS, np.nan),
                               "train_attack": name, "train_attack_type": ttype, "n_rounds": n_rounds})
+        for ag in (f[S.ATTEMPTS].values() if S.ATTEMPTS in f else []):
+            if is_committed(ag):
+                self.attempts.append({"sweep": sweep.label, "file": str(path), **_attrs(ag.id, S.ATTEMPT_ATTRS)})
         for r, tg in (f[TRANSFER].items() if TRANSFER in f else []):
             if is_committed(tg):
                 for att, ag in tg.items():
@@ -271,10 +294,13 @@ def _attack_info(sweeps: list[Sweep]) -> pd.DataFrame:
     rows = []
     for s in sweeps:
         for a in s.config.get("attacks") or []:
+            rounds = a.get("rounds", "all")  # attacks.N.rounds as configured ('all', a list or 'log:K')
             rows.append({"sweep": s.label, "attack": a.get("name"), "attack_type": a.get("type", "?"),
                          "placement": a.get("placement", "suffix"), "n_iterations": a.get("n_iterations"),
-                         "ensemble": bool(a.get("ensemble", False))})
-    return pd.DataFrame(rows, columns=["sweep", "attack", "attack_type", "placement", "n_iterations", "ensemble"])
+                         "ensemble": bool(a.get("ensemble", False)),
+                         "rounds": " ".join(map(str, rounds)) if isinstance(rounds, list) else str(rounds)})
+    return pd.DataFrame(rows, columns=["sweep", "attack", "attack_type", "placement", "n_iterations", "ensemble",
+                                       "rounds"])
 
 
 def load(paths: str | Path | list[str | Path]) -> Results:
@@ -309,13 +335,17 @@ def _assemble(rd: _Reader, sweeps: list[Sweep]) -> Results:
 
     rounds = tidy(pd.DataFrame(rd.rounds), ["round"])
     rounds = rounds.drop(columns=[c for c in rounds if c.endswith("_round")])
+    for c in (S.HOSTS, S.DEVICE_KIND, S.DEVICE_NAMES):  # text: '' where a file did not record it (not NaN)
+        if c in rounds:
+            rounds[c] = rounds[c].fillna("")
     info = _attack_info(sweeps)
     attacks = tidy(pd.DataFrame(rd.attacks), ["round", "attack"])
     attacks = attacks.merge(info[["sweep", "attack", "attack_type", "ensemble"]], on=["sweep", "attack"], how="left")
     attacks["attack_type"] = attacks["attack_type"].fillna("?")
     asr = tidy(rd.asr_frame(), ["round", "attack", "iteration"])
     transfer = _transfer(rd.transfer, runs)
-    return Results(runs, rounds, attacks, asr, transfer, sweeps, info)
+    attempts = pd.DataFrame(rd.attempts, columns=ATTEMPT_COLUMNS)
+    return Results(runs, rounds, attacks, asr, transfer, sweeps, info, attempts)
 
 
 def _transfer(parts: list[pd.DataFrame], runs: pd.DataFrame) -> pd.DataFrame:

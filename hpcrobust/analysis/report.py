@@ -160,8 +160,9 @@ def _missing(points: pd.DataFrame) -> list[str]:
 
 def _tables(res: Results, rep: Report, never: pd.DataFrame) -> list[str]:
     pre, hyper = T.pretrain_table(res), T.hyperparameter_table(res)
+    compute, attempts = T.compute_table(res), T.attempts_table(res)
     for stem, df in (("table7a_pretrain_flops", pre), ("table7b_hyperparameters", hyper),
-                     ("table7c_never_reached", never)):
+                     ("table7c_never_reached", never), ("table8a_compute", compute), ("table8b_attempts", attempts)):
         df.to_csv(rep.out / f"{stem}.csv", index=False)
         rep.files.append(f"{stem}.csv")
     overall = never.groupby([*T.PANEL, "target", "model_label", "n_params"], sort=False).agg(
@@ -175,9 +176,32 @@ def _tables(res: Results, rep: Report, never: pd.DataFrame) -> list[str]:
             "### Fraction of runs that never reach each target ASR (all rounds)", "",
             md_table(overall.drop(columns=["sweep"] if len(res.sweeps) == 1 else [])), "",
             "Per round: [table7c_never_reached.csv](table7c_never_reached.csv)", "",
+            *_compute(res, compute, attempts),
             "### Hyperparameters (from the stored config)", "",
             "<details><summary>show</summary>", "", md_table(hyper), "", "</details>", "",
             "Data: [table7b_hyperparameters.csv](table7b_hyperparameters.csv)", ""]
+
+
+def _compute(res: Results, compute: pd.DataFrame, attempts: pd.DataFrame) -> list[str]:
+    """The compute table: device-hours per size from the rounds' provenance, and every attempt's hosts and code."""
+    drop = ["sweep"] if len(res.sweeps) == 1 else []
+    md = ["### Compute used", "",
+          "Device-hours per size: each round's wall time times the devices of its run's group (GPU-hours on GPUs,"
+          " core-hours on CPU), summed over the committed rounds; cross-run phases (transfer, ensemble) and idle"
+          " time are in the attempts' totals below.", ""]
+    if not len(compute) or compute["device_hours"].isna().all():
+        md += ["No device-hours recorded (files written before provenance was stored).", ""]
+    else:
+        md += [md_table(compute.drop(columns=drop)), ""]
+    if len(attempts):
+        a = attempts.drop(columns=[*drop, "file"] if len(res.sweeps[0].files) == 1 and len(res.sweeps) == 1
+                          else drop).copy()
+        a["git_commit"] = [f"{str(c)[:12]}{'+dirty' if d == 1 else ''}" if isinstance(c, str) and c else "-"
+                           for c, d in zip(a["git_commit"], a["git_dirty"], strict=True)]
+        md += ["Attempts (each start of the sweep on a file; device-hours: from its start to its last commit):", "",
+               md_table(a.drop(columns=["git_dirty"])), ""]
+    md += ["Data: [table8a_compute.csv](table8a_compute.csv), [table8b_attempts.csv](table8b_attempts.csv)", ""]
+    return md
 
 
 def script_main(draw: Callable[[Results], Figure], argv: list[str] | None = None) -> int:

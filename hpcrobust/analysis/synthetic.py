@@ -56,6 +56,10 @@ class SynthAttack:
     setup_fraction: float | None = None  # iteration-0 FLOPs / an iteration's; None: 1/50 for GCG, else 0
     early_stop: bool = False  # examples stop at their first success (a speed option, not the reference's)
     churn: float = 0.3  # GCG: how much the set of currently successful examples changes between iterations
+    rounds: list[int] | None = None  # attacks.N.rounds: the rounds it runs in (None: every round)
+
+    def runs_in(self, rnd: int) -> bool:
+        return self.rounds is None or rnd in self.rounds
 
     @property
     def setup(self) -> float:
@@ -104,8 +108,8 @@ def _rng(*key) -> np.random.Generator:
 
 
 def _config(spec: SynthSpec) -> dict:
-    attacks = [{"name": a.name, "type": a.type, "n_examples": spec.n_examples, "n_iterations": a.n_iterations}
-               for a in spec.attacks]
+    attacks = [{"name": a.name, "type": a.type, "n_examples": spec.n_examples, "n_iterations": a.n_iterations,
+                **({"rounds": list(a.rounds)} if a.rounds is not None else {})} for a in spec.attacks]
     data = {"output": "synthetic.h5", "seeds": list(spec.seeds), "task": {"name": spec.task},
             "models": [{"name_or_path": f"synthetic/{s.label}", "label": s.label} for s in spec.sizes],
             "attacks": attacks}
@@ -213,7 +217,7 @@ def _write_round(f: h5py.File, spec: SynthSpec, size: SynthSize, seed: int, key:
     for k, v in _scalars(spec, size, rnd).items():
         if not (spec.without_v2 and k in V2_ONLY):
             g.create_dataset(k, data=v)
-    for a in spec.attacks:
+    for a in (a for a in spec.attacks if a.runs_in(rnd)):
         for k, v in _attack_arrays(spec, size, seed, rnd, a).items():
             if not (spec.without_v2 and k in V2_ONLY):
                 g.create_dataset(f"attacks/{a.name}/{k}", data=v)
@@ -243,7 +247,7 @@ def write_synthetic(path: str | Path, spec: SynthSpec | None = None) -> Path:
             for rnd in range(spec.rounds + 1 + int(spec.uncommitted_round)):
                 g = f.create_group(transfer_path(rnd))
                 g.attrs["round"] = rnd
-                for a in spec.attacks:
+                for a in (a for a in spec.attacks if a.runs_in(rnd)):
                     mat = np.array([[transfer_asr(s, t, ss, ts, rnd) for t, ts in runs] for s, ss in runs])
                     g.create_dataset(f"{a.name}/asr", data=mat)
                     g.create_dataset(f"{a.name}/runs", data=names)

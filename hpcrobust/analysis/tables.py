@@ -221,3 +221,43 @@ def hyperparameter_table(res: Results) -> pd.DataFrame:
         cols[sw.label] = {"seeds": " ".join(str(s) for s in seeds), **flatten(sweep_science(sw.config))}
     keys = list(dict.fromkeys(k for c in cols.values() for k in c))
     return pd.DataFrame({"key": keys, **{lab: [c.get(k, "") for k in keys] for lab, c in cols.items()}})
+
+
+UNITS = {"gpu": "GPU-hours", "cpu": "core-hours"}
+
+
+def compute_table(res: Results) -> pd.DataFrame:
+    """Device-hours per (sweep, size, device kind) from the rounds' provenance: GPU-hours on GPUs, core-hours on CPU
+    (a round's wall time times its group's devices; cross-run phases and idle time are in the attempts table).
+    Rounds of files written before provenance was recorded are counted in `rounds_unrecorded`."""
+    cols = ["sweep", "model_label", "n_params", "device_kind", "unit", "device_names", "runs", "rounds",
+            "rounds_unrecorded", "wall_hours", "device_hours"]
+    r = res.rounds
+    if not len(r):
+        return pd.DataFrame(columns=cols)
+    r = r.assign(device_kind=r["device_kind"] if "device_kind" in r else np.nan,
+                 device_names=r["device_names"] if "device_names" in r else np.nan,
+                 device_hours=r["device_hours"] if "device_hours" in r else np.nan)
+    r["recorded"] = r["device_hours"].notna()
+    r["device_kind"] = r["device_kind"].where(r["recorded"], "unrecorded")
+    g = r.groupby(["sweep", "model_label", "n_params", "device_kind"], sort=False, dropna=False)
+    df = g.agg(device_names=("device_names", lambda v: ", ".join(dict.fromkeys(str(x) for x in v.dropna()))),
+               runs=("run", "nunique"), rounds=("round", "size"), recorded=("recorded", "sum"),
+               wall_s=("wall_time", "sum"), device_hours=("device_hours", "sum")).reset_index()
+    df["rounds_unrecorded"] = df["rounds"] - df["recorded"]
+    df["unit"] = df["device_kind"].map(UNITS).fillna("")
+    df["wall_hours"] = df["wall_s"] / 3600.0
+    df["device_hours"] = df["device_hours"].where(df["recorded"] > 0)
+    return df.sort_values(["sweep", "n_params", "model_label"], kind="stable")[cols].reset_index(drop=True)
+
+
+def attempts_table(res: Results) -> pd.DataFrame:
+    """One row per attempt of each file: when, where, on what code, and the device-hours it held its devices."""
+    cols = ["sweep", "file", "attempt", "started", "last_commit", "hosts", "device_kind", "device_names",
+            "world_size", "n_devices", "run_rounds", "device_hours", "hpcrobust_version", "git_commit", "git_dirty",
+            "torch_version", "cuda_version", "transformers_version"]
+    a = res.attempts
+    if not len(a):
+        return pd.DataFrame(columns=cols)
+    a = a.reindex(columns=cols)
+    return a.sort_values(["sweep", "file", "attempt"], kind="stable").reset_index(drop=True)

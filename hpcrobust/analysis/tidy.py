@@ -4,11 +4,13 @@ The same files and merge rules as `hpcrobust analyze` (loader.py), written one f
 polars, R (arrow::read_parquet, readr::read_csv) or a spreadsheet read them directly:
 
     runs       one row per run: sweep, task, model, size, seed, pretraining compute, training attack
-    rounds     one row per committed (run, round): every round scalar
-    attacks    one row per (run, round, attack): final ASR, accuracy before/after, attack and defense compute
+    rounds     one row per committed (run, round): every round scalar, where it ran and its device-hours
+    attacks    one row per (run, round, attack) the attack ran in: final ASR, accuracy before/after, attack and
+               defense compute (a round an attack skipped, attacks.N.rounds, has no row)
     asr        one row per (run, round, attack, iteration): reference (asr) and cumulative (asr_cum) ASR, attack FLOPs
     transfer   one row per (round, attack, source run, target run): transfer ASR
     sweeps     one row per sweep: its label, experiment name, identity and files
+    attempts   one row per attempt of each file: when, hosts, devices, code versions, device-hours
 
 Every input is read (and refused in one line when unusable) before anything is written; each table is
 written to a temporary name and renamed, so a folder never holds a half-written table.
@@ -25,7 +27,7 @@ import pandas as pd
 from hpcrobust.analysis.loader import Results, load
 from hpcrobust.errors import UserError
 
-TABLES = ("runs", "rounds", "attacks", "asr", "transfer", "sweeps")
+TABLES = ("runs", "rounds", "attacks", "asr", "transfer", "sweeps", "attempts")
 FORMATS = ("parquet", "csv")
 
 
@@ -54,7 +56,7 @@ def sweeps_table(res: Results) -> pd.DataFrame:
 
 def tables(res: Results) -> dict[str, pd.DataFrame]:
     return {"runs": res.runs, "rounds": res.rounds, "attacks": res.attacks, "asr": res.asr,
-            "transfer": res.transfer, "sweeps": sweeps_table(res)}
+            "transfer": res.transfer, "sweeps": sweeps_table(res), "attempts": res.attempts}
 
 
 def _write(df: pd.DataFrame, path: Path, fmt: str) -> None:

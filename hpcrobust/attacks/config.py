@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from hpcrobust.attacks.registry import attack_class, known_types
+from hpcrobust.attacks.rounds import EvalRounds
 from hpcrobust.errors import UserError
 from hpcrobust.fields import build, field_row, setting, shown, to_data
 
@@ -46,11 +47,15 @@ class AttackConfig:
     n_iterations: int = setting(10, lo=1, hi=10**7, doc="propose-and-score steps per example")
     n_attack_tokens: int = setting(10, lo=1, hi=4096, doc="attack length (BEAST grows it one token per iteration, so it"
                                   " equals n_iterations)")
+    rounds: EvalRounds = setting(EvalRounds(), doc="rounds this evaluation attack runs in: every round ('all'), a"
+                                 " list such as [0, 2, 5] (entries after a run's last round are skipped), or 'log:K':"
+                                 " K rounds spaced evenly in log(round + 1), always 0 and the run's last")
     params: AttackParams = field(default=None, metadata={"doc": "the type's own parameters"})  # type: ignore[assignment]
 
     # Common keys that a training attack takes from advtrain.* instead (see TrainAttackConfig).
     SCHEDULED: ClassVar[tuple[str, ...]] = ()
     SCHEDULE_HINT: ClassVar[dict[str, str]] = {}
+    EVAL_ONLY: ClassVar[tuple[str, ...]] = ()  # common keys a training attack does not have
 
     def __post_init__(self) -> None:
         if self.params is None:
@@ -68,7 +73,7 @@ class AttackConfig:
     # ---------------------------------------------------------------- parsing and plain form
     @classmethod
     def common_fields(cls) -> list[dataclasses.Field]:
-        return [f for f in dataclasses.fields(cls) if f.name != "params"]
+        return [f for f in dataclasses.fields(cls) if f.name != "params" and f.name not in cls.EVAL_ONLY]
 
     @classmethod
     def scheduled(cls, plugin) -> tuple[str, ...]:
@@ -85,6 +90,10 @@ class AttackConfig:
         if not isinstance(kind, str) or kind not in known_types():
             raise UserError(f"{key}.type: {shown(kind)} is not a known attack (known: {', '.join(known_types())})")
         plugin = attack_class(kind)
+        for k in cls.EVAL_ONLY:
+            if k in value:
+                raise UserError(f"{key}.{k}: a training attack runs in every adversarial round; {k} is a key of"
+                                f" evaluation attacks (attacks.N.{k})")
         for k in cls.scheduled(plugin):
             if k in value:
                 raise UserError(f"{key}.{k}: a training attack's {k} is set by advtrain.* each round"
@@ -100,8 +109,8 @@ class AttackConfig:
         return self
 
     def to_data(self) -> dict:
-        skip = set(self.scheduled(self.plugin)) | {"params"}
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
+        skip = set(self.scheduled(self.plugin)) | set(self.EVAL_ONLY) | {"params"}
+        out = {f.name: to_data(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in skip}
         out.update(to_data(self.params))
         return out
 
@@ -129,6 +138,7 @@ class TrainAttackConfig(AttackConfig):
     """The attack that adversarial training runs: its examples and iterations follow advtrain.*."""
 
     SCHEDULED = ("n_examples", "n_iterations")
+    EVAL_ONLY = ("rounds",)
     SCHEDULE_HINT = {"n_examples": "advtrain.n_new_examples",
                      "n_iterations": "advtrain.iterations_start to advtrain.iterations_end",
                      "n_attack_tokens": "it grows one token per iteration"}

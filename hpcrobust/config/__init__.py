@@ -55,7 +55,8 @@ class SweepConfig:
     models: list[ModelConfig] = setting(factory=lambda: [ModelConfig()])
     family: FamilyConfig = setting(factory=FamilyConfig)
     finetune: FinetuneConfig = setting(factory=FinetuneConfig)
-    attacks: list[AttackConfig] = setting(factory=list, doc="evaluation attacks, run after every round")
+    attacks: list[AttackConfig] = setting(factory=list, doc="evaluation attacks, run after every round (or their"
+                                          " attacks.N.rounds)")
     train_attacks: list[TrainAttackConfig] = setting(factory=list, doc="attacks that adversarial training may use")
     advtrain: AdvTrainConfig = setting(factory=AdvTrainConfig)
     parallel: ParallelConfig = setting(factory=ParallelConfig)
@@ -95,6 +96,12 @@ def _validate(cfg: SweepConfig) -> None:
         if m.rounds > cfg.advtrain.rounds:
             raise UserError(f"models.{i}.rounds: {m.rounds} rounds, but the training-attack schedule"
                             f" (advtrain.rounds) only has {cfg.advtrain.rounds}")
+    default = max(1, cfg.advtrain.rounds) if cfg.advtrain.equal_compute else cfg.advtrain.rounds  # an upper bound
+    last = max(m.rounds if m.rounds >= 0 else default for m in cfg.models)
+    for i, a in enumerate(cfg.attacks):
+        if a.rounds.highest_listed > last:
+            raise UserError(f"attacks.{i}.rounds: round {a.rounds.highest_listed} comes after the last round of"
+                            f" every run ({last}: advtrain.rounds, models.N.rounds)")
     if cfg.advtrain.rounds > 0 or any(m.rounds > 0 for m in cfg.models):
         names = [a.name for a in cfg.train_attacks]
         if cfg.advtrain.attack not in names:

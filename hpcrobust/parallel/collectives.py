@@ -65,6 +65,11 @@ def ranks_agree(comm: Comm, digest: str) -> bool:
     return len(set(comm.allgather(digest))) == 1
 
 
+def gather_rank_facts(world: Comm, facts: T) -> list[T]:
+    """Every rank's description of itself (host, device, threads), in world-rank order, on every rank."""
+    return world.allgather(facts)
+
+
 def allgather_records(comm: Comm, items: dict) -> dict:
     """Union of every rank's {key: value} (per-run results that all ranks need, e.g. final suffixes)."""
     return share_indexed(comm, items)

@@ -21,7 +21,7 @@ from hpcrobust.launch.plan import plan_tasks, quote_times
 from hpcrobust.planner.arch import ModelArch, model_arch
 from hpcrobust.planner.calibrate import Calibration
 from hpcrobust.planner.checks import warnings_for
-from hpcrobust.planner.costs import FORWARD, TRAIN, CostModel, Phase, RunPlan
+from hpcrobust.planner.costs import FORWARD, TRAIN, CostModel, Phase, RunPlan, transfer_sources
 from hpcrobust.planner.devices import DEFAULT_UTILISATION, Device
 from hpcrobust.planner.memory import plan_memory
 from hpcrobust.planner.result import JobPlan, Plan, SizePlan
@@ -125,12 +125,12 @@ def _plan_sweep(cfg: SweepConfig, overrides: list[str], opts: Options, device: D
     costs = CostModel(cfg, {k: v[0] for k, v in accuracy.items()})
     timer = Timer(device, opts, cfg)
     runs = plan_runs(cfg)
-    active = [sum(1 for r in runs if n_rounds[r.model_index] >= k) for k in range(max(n_rounds) + 1)]
+    sources = transfer_sources(cfg, runs, n_rounds)
     tokens = {mi: task_tokens(task, m, cfg.family) for mi, m in enumerate(cfg.models)}
     run_plans: dict[str, RunPlan] = {}
     for r in runs:
         mi = r.model_index
-        run_plans[r.key] = costs.run_plan(r, archs[mi], tokens[mi], n_rounds[mi], active)
+        run_plans[r.key] = costs.run_plan(r, archs[mi], tokens[mi], n_rounds[mi], sources)
     run_round_s = {k: [timer.round(rr.phases, rp.model) for rr in rp.rounds] for k, rp in run_plans.items()}
 
     def sampler_of(a):
@@ -139,7 +139,6 @@ def _plan_sweep(cfg: SweepConfig, overrides: list[str], opts: Options, device: D
     sizes = []
     for mi, m in enumerate(cfg.models):
         mine = [rp for rp in run_plans.values() if rp.run.model_index == mi]
-        first = mine[0]
         mem = plan_memory(cfg, archs[mi], tokens[mi], sampler_of, device.gpu)
         usable = device.usable_bytes()
         fits = None if not usable else mem.peak <= usable
@@ -153,7 +152,8 @@ def _plan_sweep(cfg: SweepConfig, overrides: list[str], opts: Options, device: D
             label=archs[mi].label, name=m.name_or_path, source=archs[mi].source, n_params=archs[mi].n_params,
             dtype=m.torch_dtype, n_runs=len(mine), rounds=n_rounds[mi],
             finetune=sum(rp.rounds[0].nominal("finetune_flops") for rp in mine) / len(mine),
-            attacks={a.name: first.rounds[0].phase(f"attack {a.name}").flops.nominal for a in cfg.attacks},
+            attacks={name: p.flops.nominal for name, p in costs.evaluations(archs[mi], tokens[mi]).items()},
+            attack_rounds={a.name: len(a.rounds.select(n_rounds[mi])) for a in cfg.attacks},
             advtrain=advs, other=other, nominal=nominal, actual=actual, memory=mem, fits=fits,
             round_s=run_round_s[slow.run.key], run_s=sum(run_round_s[slow.run.key]),
             transfer_s=sum(timer.phase(p, archs[mi]) for rr in slow.rounds for p in rr.phases
@@ -220,7 +220,7 @@ def run_plan_of(cfg: SweepConfig, key: str) -> RunPlan | None:
     task = _TASKS[id(cfg)][1]
     archs = [model_arch(m, cfg.family) for m in cfg.models]
     n_rounds = rounds_per_model(cfg, archs)
-    active = [sum(1 for r in runs.values() if n_rounds[r.model_index] >= k) for k in range(max(n_rounds) + 1)]
+    sources = transfer_sources(cfg, list(runs.values()), n_rounds)
     r = runs[key]
     tt = task_tokens(task, cfg.models[r.model_index], cfg.family)
-    return CostModel(cfg).run_plan(r, archs[r.model_index], tt, n_rounds[r.model_index], active)
+    return CostModel(cfg).run_plan(r, archs[r.model_index], tt, n_rounds[r.model_index], sources)

@@ -68,6 +68,12 @@ class RunPlan:
     rounds: list[RoundPlan] = field(default_factory=list)
 
 
+def transfer_sources(cfg: SweepConfig, runs: list[RunSpec], n_rounds: list[int]) -> dict[tuple[str, int], int]:
+    """{(attack, round): runs that attack evaluates in that round}: the sources of its transfer matrix."""
+    return {(a.name, k): sum(1 for r in runs if a.rounds.evaluates(k, n_rounds[r.model_index]))
+            for a in cfg.attacks for k in range(max(n_rounds) + 1)}
+
+
 def grouped(a: ArchShape, rows: np.ndarray, lengths: np.ndarray, shared: np.ndarray, train: bool) -> FlopCount:
     """Batches given as rows of example indices (-1: no example), costed in groups of equal shape."""
     real_rows = rows >= 0
@@ -178,6 +184,7 @@ class CostModel:
         return Phase("clean accuracy", FORWARD, c, note=f"{len(lengths)} validation examples")
 
     def eval_attack(self, a: AttackConfig, arch: ModelArch, tt: TaskTokens) -> Phase:
+        """One evaluation of attack `a` (the same in every round it runs in)."""
         n = min(a.n_examples, len(tt.val))
         n_models = len(self.cfg.models) if a.ensemble else 1
         per = self.attack_costs(a, arch, tt, tt.val, list(range(n)), n_models)
@@ -252,23 +259,29 @@ class CostModel:
                 Phase("pool refresh", FORWARD, refresh, "defense_flops", note=f"{len(pool)} pool entries")]
 
     # ---------------------------------------------------------------- a whole run
+    def evaluations(self, arch: ModelArch, tt: TaskTokens) -> dict[str, Phase]:
+        """Each evaluation attack's phase for one size, computed once."""
+        return {a.name: self._once((arch.label, "attack", a.name), lambda a=a: self.eval_attack(a, arch, tt))
+                for a in self.cfg.attacks}
+
     def run_plan(self, run: RunSpec, arch: ModelArch, tt: TaskTokens, n_rounds: int,
-                 active_per_round: list[int]) -> RunPlan:
+                 sources: dict[tuple[str, int], int]) -> RunPlan:
+        """`sources[(attack, round)]`: the runs whose strings that round's transfer matrix of the attack spans
+        (transfer_sources). Only the rounds each evaluation attack runs in (attacks.N.rounds) count its compute."""
         cfg = self.cfg
         plan = RunPlan(run, arch, tt)
         pool = PoolShape()
         clean = self._once((arch.label, "clean"), lambda: self.clean_eval(arch, tt))
-        evals = {a.name: self._once((arch.label, "attack", a.name), lambda a=a: self.eval_attack(a, arch, tt))
-                 for a in cfg.attacks}
+        evals = self.evaluations(arch, tt)
         for rnd in range(n_rounds + 1):
             rp = RoundPlan(rnd)
             rp.phases += ([self.finetune(run, arch, tt)] if rnd == 0
                           else self.adversarial(run, rnd, n_rounds, arch, tt, pool))
             rp.phases.append(clean)
-            rp.phases += [evals[a.name] for a in cfg.attacks]
-            n_src = active_per_round[rnd]
-            rp.phases += [self._once((arch.label, "transfer", a.name, n_src),
-                                     lambda a=a, n=n_src: self.transfer(a, arch, tt, n))
-                          for a in cfg.attacks if not a.ensemble]
+            mine = [a for a in cfg.attacks if a.rounds.evaluates(rnd, n_rounds)]
+            rp.phases += [evals[a.name] for a in mine]
+            rp.phases += [self._once((arch.label, "transfer", a.name, sources[(a.name, rnd)]),
+                                     lambda a=a, n=sources[(a.name, rnd)]: self.transfer(a, arch, tt, n))
+                          for a in mine if not a.ensemble]
             plan.rounds.append(rp)
         return plan

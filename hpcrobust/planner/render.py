@@ -83,10 +83,15 @@ def markdown(plan: Plan, cal: Calibration | None = None) -> str:
                f"{flops(s.advtrain[0])} → {flops(s.advtrain[-1])}") if s.advtrain else "-"
         rows.append([s.label, params(s.n_params), flops(s.finetune), *[flops(s.attacks[a]) for a in attacks], adv,
                      str(s.rounds), flops(s.other), flops(s.nominal), str(s.n_runs)])
-    lines += _table(["size", "parameters", "fine-tuning", *[f"{a} / round" for a in attacks],
+    picked = [a for a in attacks if any(s.attack_rounds.get(a, s.rounds + 1) != s.rounds + 1 for s in plan.sizes)]
+    lines += _table(["size", "parameters", "fine-tuning",
+                     *[f"{a} / {'evaluated ' if a in picked else ''}round" for a in attacks],
                      "adv. training / round (1 → last)", "rounds", "not recorded¹", "one run", "runs"], rows)
     lines += ["", f"Whole sweep: {flops(plan.nominal)} nominal FLOPs. ¹ clean accuracy and the transfer matrix,"
               " every round.", ""]
+    lines += [f"- `{a}` runs in " + ", ".join(f"{s.attack_rounds[a]} of {s.rounds + 1} rounds ({s.label})"
+                                              for s in plan.sizes) + " (attacks.N.rounds)" for a in picked]
+    lines += [""] if picked else []
     lines += [f"### Peak memory per rank ({', '.join(dtypes)}; every rank holds the whole model)", ""]
     rows = []
     for s in plan.sizes:

@@ -20,7 +20,7 @@ class SizePlan:
     n_runs: int
     rounds: int
     finetune: float  # nominal FLOPs
-    attacks: dict[str, float]  # nominal FLOPs per round, each evaluation attack
+    attacks: dict[str, float]  # nominal FLOPs of one evaluation (one round it runs in), each evaluation attack
     advtrain: list[float]  # nominal FLOPs of rounds 1..R (defense_flops)
     other: float  # clean accuracy and transfer, all rounds (not recorded)
     nominal: float  # one run, every phase
@@ -32,6 +32,7 @@ class SizePlan:
     transfer_s: float  # of run_s: the transfer matrix, which happens outside the rounds' recorded wall_time
     utilisation: dict[str, float]
     accuracy: float  # assumed share of attacked examples classified correctly
+    attack_rounds: dict[str, int] = field(default_factory=dict)  # rounds each evaluation attack runs in
 
 
 @dataclass

@@ -37,9 +37,14 @@ TASK_SOURCE_DEFAULTS: dict[str, str] = {
 }
 
 
+# Attack keys added after files existed: at these defaults (what every older sweep did) they are left out, so a
+# config that does not use them keeps its identity; any other value decides what the file holds.
+NEW_ATTACK_DEFAULTS: dict[str, Any] = {"rounds": "all"}
+
+
 def science(config: dict, drop: tuple[str, ...] = NOT_SCIENCE) -> dict:
-    """The stored config minus `drop`, with parallel.* reduced, attack entries in their full form and task
-    source keys at their defaults left out."""
+    """The stored config minus `drop`, with parallel.* reduced, attack entries in their full form (new attack keys
+    at their defaults left out) and task source keys at their defaults left out."""
     d = {k: v for k, v in config.items() if k not in drop}
     for section, keys in NOT_SCIENCE_KEYS.items():
         if isinstance(d.get(section), dict):
@@ -50,7 +55,9 @@ def science(config: dict, drop: tuple[str, ...] = NOT_SCIENCE) -> dict:
     d["parallel"] = {k: par.get(k) for k in SCIENCE_PARALLEL}
     for group in ("attacks", "train_attacks"):
         if isinstance(d.get(group), list):
-            d[group] = [{**LEGACY_ATTACK_DEFAULTS, **a} if isinstance(a, dict) else a for a in d[group]]
+            d[group] = [{**LEGACY_ATTACK_DEFAULTS, **{k: v for k, v in a.items()
+                                                      if NEW_ATTACK_DEFAULTS.get(k, object()) != v}}
+                        if isinstance(a, dict) else a for a in d[group]]
     return d
 
 

@@ -34,8 +34,15 @@ def _value(ds: h5py.Dataset):
     return v.item() if isinstance(v, np.generic) else v
 
 
+def _plain(v):
+    if isinstance(v, bytes):
+        return v.decode()
+    return v.item() if isinstance(v, np.generic) else v
+
+
 def load(path: str | Path) -> pd.DataFrame:
-    """One row per committed (run, round): run metadata and every scalar metric."""
+    """One row per committed (run, round): run metadata, every scalar metric, and where the round ran (its
+    provenance attributes, in files that record them)."""
     rows = []
     with open_results(path) as f:
         for run, g in f.get(RUNS, {}).items():
@@ -44,6 +51,7 @@ def load(path: str | Path) -> pd.DataFrame:
                 if not is_committed(rg):
                     continue
                 row = {"run": run, **meta, "round": int(r)}
+                row.update({k: _plain(v) for k, v in rg.attrs.items() if k in S.PROVENANCE})
                 for k, ds in rg.items():
                     if isinstance(ds, h5py.Dataset) and ds.shape == ():
                         row[k] = _value(ds)
@@ -54,8 +62,20 @@ def load(path: str | Path) -> pd.DataFrame:
     return df
 
 
+def load_attempts(path: str | Path) -> pd.DataFrame:
+    """One row per committed attempt (a start of the sweep on this file): its software, hosts, devices and
+    device-hours (store/schema.py ATTEMPT_ATTRS); empty for files written before attempts were recorded."""
+    rows = []
+    with open_results(path) as f:
+        for g in f.get(S.ATTEMPTS, {}).values():
+            if is_committed(g):
+                rows.append({k: _plain(g.attrs[k]) for k in S.ATTEMPT_ATTRS if k in g.attrs})
+    return pd.DataFrame(rows, columns=list(S.ATTEMPT_ATTRS))
+
+
 def load_attacks(path: str | Path) -> pd.DataFrame:
-    """One row per committed (run, round, attack): final ASR (`asr`: the reference's, of the candidate current at
+    """One row per committed (run, round, attack) the attack ran in (attacks.N.rounds: a round it skipped has no
+    row): final ASR (`asr`: the reference's, of the candidate current at
     the last iteration; `asr_cum`: flipped at any iteration), iterations, compute, and whether the
     attack was an ensemble (one string for every size of a seed) or stopped early."""
     cfg = stored_config(path)

@@ -26,7 +26,7 @@ from hpcrobust.errors import UserError
 from hpcrobust.parallel.comm import Comm
 from hpcrobust.store import writer
 from hpcrobust.store.identity import differences
-from hpcrobust.store.schema import COMMITTED, FORMAT, ROUNDS, RUNS, SCHEMA_VERSION, TRANSFER, Record
+from hpcrobust.store.schema import ATTEMPTS, COMMITTED, FORMAT, ROUNDS, RUNS, SCHEMA_VERSION, TRANSFER, Record
 
 TRANSFER_KEY = "__transfer__"  # committed_rounds(): the rounds whose transfer matrix is committed
 
@@ -207,6 +207,17 @@ class ResultsFile:
                 out[run] = {int(r) for r, rg in g[ROUNDS].items() if is_committed(rg)}
             out[TRANSFER_KEY] = {int(r) for r, g in f.get(TRANSFER, {}).items() if is_committed(g)}
         return out
+
+    def next_attempt(self) -> int:
+        """The number of the attempt about to start: one more than the last committed one (0 for a new file; 1 for a
+        file written before attempts were recorded)."""
+        if not self.path.exists():
+            return 0
+        with self.open() as f:
+            done = [int(a) for a, g in f.get(ATTEMPTS, {}).items() if is_committed(g)]
+            if done:
+                return max(done) + 1
+            return int(any(is_committed(rg) for g in f.get(RUNS, {}).values() for rg in g[ROUNDS].values()))
 
     def stored_config(self) -> dict:
         with self.open() as f:

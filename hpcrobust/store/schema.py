@@ -1,15 +1,24 @@
 """The HDF5 results layout, in one place (invariant 4). Bump SCHEMA_VERSION when it changes.
 
     /                                   attrs: format, schema_version, hpcrobust_version,
-                                               config (resolved YAML), science_hash, inputs, experiment
+                                               config (resolved YAML), science_hash, inputs, experiment,
+                                               and the creating attempt's software (see HEADER_ATTRS)
     /runs/<run>/                        attrs: model, model_label, seed, task, run_index
-    /runs/<run>/rounds/<RRRR>/          attrs: round, committed (1 once every dataset is written)
+    /runs/<run>/rounds/<RRRR>/          attrs: round, committed (1 once every dataset is written),
+                                               where it ran and its device-hours (see ROUND_ATTRS)
         scalars (0-d datasets)          clean_accuracy, train_loss, flops_nominal, flops_actual,
                                         wall_time, n_params, pretrain_flops, ... (see ROUND_SCALARS)
-        attacks/<name>/...              per-attack arrays (see ATTACK_ARRAYS)
+        attacks/<name>/...              per-attack arrays (see ATTACK_ARRAYS); only in the rounds
+                                        the attack runs in (attacks.N.rounds)
     /transfer/<RRRR>/                   attrs: round, committed
         <attack>/asr                    [source run, target run] ASR of source's suffixes on target
         <attack>/runs                   run names in matrix order
+    /attempts/<AAAA>/                   attrs: committed, and one process group's provenance (see
+                                        ATTEMPT_ATTRS): software, hosts, devices, device-hours
+
+Provenance (the header's software, ROUND_ATTRS, /attempts/) says how a number was computed, never what
+it is: it differs between attempts and rank counts, so comparisons of results skip it (PROVENANCE), as they
+skip wall times. Files written before it existed lack it, and read as before.
 
 Strings are stored as fixed-length UTF-8 bytes so the same layout can be written in parallel
 (h5py's mpio driver cannot write variable-length data collectively).
@@ -28,6 +37,7 @@ RUNS = "runs"
 ROUNDS = "rounds"
 ATTACKS = "attacks"
 TRANSFER = "transfer"
+ATTEMPTS = "attempts"
 COMMITTED = "committed"
 
 # Every name below is declared once, with its meaning: the writer refuses any other, the README's tables
@@ -36,6 +46,9 @@ RUN_ATTRS: dict[str, str] = {}  # attributes of /runs/<run>/ (the run's metadata
 ROUND_SCALARS: dict[str, str] = {}  # 0-d datasets of a round
 ATTACK_ARRAYS: dict[str, str] = {}  # datasets of attacks/<name>/ in a round
 TRANSFER_ARRAYS: dict[str, str] = {}  # datasets of <attack>/ in a transfer matrix
+HEADER_ATTRS: dict[str, str] = {}  # attributes of / (written once, when the file is created)
+ROUND_ATTRS: dict[str, str] = {}  # attributes of a round group besides its committed mark
+ATTEMPT_ATTRS: dict[str, str] = {}  # attributes of /attempts/<AAAA>/ besides its committed mark
 
 
 def _declare(table: dict[str, str], name: str, doc: str) -> str:
@@ -49,6 +62,61 @@ SEED = _declare(RUN_ATTRS, "seed", "the run's seed")
 TASK = _declare(RUN_ATTRS, "task", "task name")
 RUN_INDEX = _declare(RUN_ATTRS, "run_index", "position of the run in the sweep")
 PLANNED_ROUNDS = _declare(RUN_ATTRS, "rounds", "adversarial rounds planned for this run")
+
+
+_declare(HEADER_ATTRS, "format", f"'{FORMAT}'")
+_declare(HEADER_ATTRS, "schema_version", "version of this layout")
+HPCROBUST_VERSION = _declare(HEADER_ATTRS, "hpcrobust_version", "package version")
+_declare(HEADER_ATTRS, "config", "the fully resolved config (YAML)")
+_declare(HEADER_ATTRS, "science_hash", "identity of the sweep: a rerun may only add to a file with the same one")
+_declare(HEADER_ATTRS, "inputs", "digests of the task file and model files (YAML)")
+_declare(HEADER_ATTRS, "experiment", "the experiment's name when the file was created")
+CREATED = _declare(HEADER_ATTRS, "created", "when the file was created (UTC, ISO 8601)")
+GIT_COMMIT = _declare(HEADER_ATTRS, "git_commit", "commit of the package's git checkout ('' when it was not run"
+                      " from one, or git did not answer)")
+GIT_DIRTY = _declare(HEADER_ATTRS, "git_dirty", "1 when tracked files of that checkout differed from the commit,"
+                     " 0 when not, -1 when unknown")
+PYTHON_VERSION = _declare(HEADER_ATTRS, "python_version", "Python version")
+TORCH_VERSION = _declare(HEADER_ATTRS, "torch_version", "torch version")
+CUDA_VERSION = _declare(HEADER_ATTRS, "cuda_version", "CUDA version torch was built with ('' for a CPU build)")
+TRANSFORMERS_VERSION = _declare(HEADER_ATTRS, "transformers_version", "transformers version")
+# What every attempt records about its code; the header holds the creating attempt's.
+SOFTWARE = (HPCROBUST_VERSION, GIT_COMMIT, GIT_DIRTY, PYTHON_VERSION, TORCH_VERSION, CUDA_VERSION,
+            TRANSFORMERS_VERSION)
+
+ROUND = _declare(ROUND_ATTRS, "round", "the round's number")
+ATTEMPT = _declare(ROUND_ATTRS, "attempt", "the attempt that computed this round (/attempts/<AAAA>/)")
+HOSTS = _declare(ROUND_ATTRS, "hosts", "host names of the ranks of the run's group (comma-separated)")
+DEVICE_KIND = _declare(ROUND_ATTRS, "device_kind", "'gpu' or 'cpu': whether device-hours are GPU-hours or"
+                       " core-hours")
+DEVICE_NAMES = _declare(ROUND_ATTRS, "device_names", "GPU or CPU model of the group's ranks (comma-separated"
+                        " when they differ)")
+WORLD_SIZE = _declare(ROUND_ATTRS, "world_size", "MPI ranks of the attempt")
+GROUP_SIZE = _declare(ROUND_ATTRS, "group_size", "ranks of the run's group")
+N_DEVICES = _declare(ROUND_ATTRS, "n_devices", "devices the group used: distinct GPUs, or CPU cores (the ranks'"
+                     " threads, at most a host's cores)")
+DEVICE_HOURS = _declare(ROUND_ATTRS, "device_hours", "wall_time x n_devices / 3600: GPU-hours on GPUs, core-hours"
+                        " on CPU (the round itself; cross-run phases and commits count in the attempt's)")
+
+_declare(ATTEMPT_ATTRS, ATTEMPT, "the attempt's number: 0 for the run that created the file, one more per resume")
+for _name in SOFTWARE:
+    _declare(ATTEMPT_ATTRS, _name, HEADER_ATTRS[_name])
+STARTED = _declare(ATTEMPT_ATTRS, "started", "when the attempt started (UTC, ISO 8601)")
+LAST_COMMIT = _declare(ATTEMPT_ATTRS, "last_commit", "when it last committed (UTC, ISO 8601)")
+_declare(ATTEMPT_ATTRS, HOSTS, "host names of all ranks (comma-separated)")
+_declare(ATTEMPT_ATTRS, DEVICE_KIND, ROUND_ATTRS[DEVICE_KIND])
+_declare(ATTEMPT_ATTRS, DEVICE_NAMES, "GPU or CPU models of all ranks (comma-separated when they differ)")
+_declare(ATTEMPT_ATTRS, WORLD_SIZE, "MPI ranks")
+N_GROUPS = _declare(ATTEMPT_ATTRS, "n_groups", "groups the ranks were split into")
+_declare(ATTEMPT_ATTRS, N_DEVICES, "devices of all ranks: distinct GPUs, or CPU cores")
+RUN_ROUNDS = _declare(ATTEMPT_ATTRS, "run_rounds", "(run, round) records it committed")
+_declare(ATTEMPT_ATTRS, DEVICE_HOURS, "(last_commit - started) x n_devices / 3600: all the time it held its devices"
+         " until its last commit, idle time and cross-run phases included")
+SLURM_JOB_ID = _declare(ATTEMPT_ATTRS, "slurm_job_id", "SLURM_JOB_ID ('' outside SLURM)")
+
+# Attributes that say how a number was computed, not what it is: they differ between attempts and rank counts,
+# so comparisons of results skip them (with the whole of /attempts/), as they skip wall times.
+PROVENANCE = frozenset(k for k in ROUND_ATTRS if k != ROUND)
 
 
 CLEAN_ACCURACY = _declare(ROUND_SCALARS, "clean_accuracy", "accuracy on the validation split before any attack")
@@ -123,6 +191,10 @@ def transfer_path(r: int) -> str:
     return f"{TRANSFER}/{round_name(r)}"
 
 
+def attempt_path(n: int) -> str:
+    return f"{ATTEMPTS}/{round_name(n)}"
+
+
 def attack_path(name: str, array: str) -> str:
     """An attack's dataset, relative to its round."""
     return f"{ATTACKS}/{name}/{array}"
@@ -142,7 +214,7 @@ def decode_text(arr: np.ndarray) -> list[str]:
 class Record:
     """One atomic unit of results: a group path, its attrs, scalars and arrays; committed as a whole."""
 
-    path: str  # round_path(...) or transfer_path(...)
+    path: str  # round_path(...), transfer_path(...) or attempt_path(...)
     attrs: dict = field(default_factory=dict)
     scalars: dict[str, float] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
@@ -155,11 +227,14 @@ class Record:
             bad = [k for k in self.scalars if k not in ROUND_SCALARS]
             bad += [k for k in self.arrays
                     if not (k.count("/") == 2 and k.startswith(ATTACKS + "/") and k.rsplit("/", 1)[1] in ATTACK_ARRAYS)]
+            bad += [k for k in self.attrs if k not in ROUND_ATTRS]
         elif parts[0] == TRANSFER and len(parts) == 2:
             bad = list(self.scalars)
             bad += [k for k in self.arrays if not (k.count("/") == 1 and k.rsplit("/", 1)[1] in TRANSFER_ARRAYS)]
+        elif parts[0] == ATTEMPTS and len(parts) == 2:
+            bad = [*self.scalars, *self.arrays, *(k for k in self.attrs if k not in ATTEMPT_ATTRS)]
         else:
-            raise ValueError(f"record path {self.path!r} is not a round or a transfer matrix of the schema")
+            raise ValueError(f"record path {self.path!r} is not a round, a transfer matrix or an attempt of the schema")
         bad += [k for k in (self.parent_attrs.get(run_path(parts[1]), {}) if parts[0] == RUNS else {})
                 if k not in RUN_ATTRS]
         if bad:

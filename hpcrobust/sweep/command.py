@@ -8,6 +8,7 @@ exception on any rank aborts the whole MPI job at once, so no rank is left waiti
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,7 @@ def run_command(config: str, overrides: list[str], quiet: bool = False, hooks: H
 
 
 def run_config(cfg: SweepConfig, quiet: bool = False, source: str = "config", hooks: Hooks | None = None) -> int:
+    started = time.time()  # the attempt's device-hours count from here
     w = world()
     logmod.setup(w.rank, w.size, quiet)
     hooks = hooks or Hooks()
@@ -56,7 +58,7 @@ def run_config(cfg: SweepConfig, quiet: bool = False, source: str = "config", ho
     try:
         if w.rank == 0:
             ready.results.clean_stale()
-        return _guarded(layout.world, lambda: _work(cfg, layout, ready, hooks))
+        return _guarded(layout.world, lambda: _work(cfg, layout, ready, hooks, started))
     finally:
         if tracker is not None:
             tracker.close()  # after sweep_finished a no-op; after a stop or an error it ends the tracker runs
@@ -71,12 +73,12 @@ def _named(source: str, fn: Callable):
         raise UserError(f"{source}: {exc}") from None
 
 
-def _work(cfg: SweepConfig, layout: Layout, ready: Prepared, hooks: Hooks) -> int:
+def _work(cfg: SweepConfig, layout: Layout, ready: Prepared, hooks: Hooks, started: float) -> int:
     w = layout.world
     writer_kind = "parallel HDF5 (mpio)" if w.size > 1 and mpio_available() else "gathered to rank 0"
     logmod.log(f"{w.size} rank(s) in {layout.n_groups} group(s); device {layout.device},"
                f" {layout.threads} thread(s) per rank; results writer: {writer_kind}")
-    drive(SweepContext(cfg, layout, ready.task, ready.results, ready.plan, hooks))
+    drive(SweepContext(cfg, layout, ready.task, ready.results, ready.plan, hooks, started))
     layout.world.barrier()
     logmod.log(f"done: {ready.results.path}")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +16,7 @@ from hpcrobust.store.results import ResultsFile
 from hpcrobust.store.schema import attack_arrays
 from hpcrobust.sweep.hooks import Hooks
 from hpcrobust.sweep.plan import RunSpec, SweepPlan
+from hpcrobust.sweep.provenance import Attempt
 from hpcrobust.tasks import TaskData
 
 
@@ -26,6 +28,8 @@ class SweepContext:
     results: ResultsFile
     plan: SweepPlan
     hooks: Hooks = field(default_factory=Hooks)
+    started: float = field(default_factory=time.time)  # when this process group started (device-hours count from it)
+    attempt: Attempt | None = None  # set by the driver (sweep/provenance.py)
 
     @property
     def eval_set(self) -> EvalSet:

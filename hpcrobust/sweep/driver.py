@@ -2,7 +2,8 @@
 
 Rounds are the outer loop. In round r every group works through its runs (sweep/round.py), the
 ranks of different runs meet for the shared phases (sweep/shared.py), then all ranks commit round r
-together. A round that is already committed is skipped, so a rerun resumes where a sweep stopped.
+together, with this attempt's provenance (sweep/provenance.py). A round that is already committed is
+skipped, so a rerun resumes where a sweep stopped.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from __future__ import annotations
 from hpcrobust.log import log, quiet
 from hpcrobust.parallel.collectives import broadcast_from_root
 from hpcrobust.sweep.context import SweepContext
+from hpcrobust.sweep.provenance import Attempt
 from hpcrobust.sweep.round import record, run_round
 from hpcrobust.sweep.shared import ensemble_phase, share_random_tokens, transfer_phase
 
 
 def drive(ctx: SweepContext) -> None:
     lay, plan = ctx.layout, ctx.plan
-    done = broadcast_from_root(lay.world, ctx.results.committed_rounds() if lay.is_root else None)
+    done, attempt_no = broadcast_from_root(lay.world, (ctx.results.committed_rounds(), ctx.results.next_attempt())
+                                           if lay.is_root else None)
+    ctx.attempt = Attempt.begin(lay, attempt_no, ctx.started)
     bar = None
     if lay.is_root and not quiet():
         from tqdm import tqdm
@@ -24,7 +28,7 @@ def drive(ctx: SweepContext) -> None:
         total = sum(plan.n_rounds(r) + 1 for r in plan.runs)
         already = sum(len(done.get(r.key, ())) for r in plan.runs)
         bar = tqdm(total=total, initial=already, desc="sweep", unit="round", dynamic_ncols=True)
-    header = plan.header()
+    header = {**plan.header(), **ctx.attempt.header()}
     ctx.hooks.fire("sweep_started", ctx)
     for rnd in range(plan.max_round + 1):
         active = plan.active(rnd)
@@ -38,7 +42,9 @@ def drive(ctx: SweepContext) -> None:
         ensemble_phase(ctx, rnd, active, held)
         transfer = transfer_phase(ctx, rnd, active, held)
         mine = [record(ctx, st, rnd) for st in held.values()] if lay.is_group_leader else []
-        n = ctx.results.commit(lay.world, header, mine + ([transfer] if transfer else []),
+        mine += [transfer] if transfer else []
+        mine += [ctx.attempt.record(len(active))] if lay.is_root else []  # its provenance, up to this commit
+        n = ctx.results.commit(lay.world, header, mine,
                                on_step=lambda step, r=rnd: ctx.hooks.fire("commit_step", ctx, r, step))
         if bar is not None:
             bar.update(len(active))

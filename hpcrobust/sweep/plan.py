@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hpcrobust import __version__
-from hpcrobust.config import SweepConfig, science_hash, to_yaml
+from hpcrobust.config import AttackConfig, SweepConfig, science_hash, to_yaml
 from hpcrobust.models.config import model_label
 from hpcrobust.models.loading import count_parameters
 from hpcrobust.store.schema import FORMAT, SCHEMA_VERSION
@@ -63,6 +63,15 @@ class SweepPlan:
     def active(self, rnd: int) -> list[RunSpec]:
         """The runs that have a round `rnd`."""
         return [r for r in self.runs if rnd <= self.n_rounds(r)]
+
+    def evaluates(self, a: AttackConfig, run: RunSpec, rnd: int) -> bool:
+        """Whether evaluation attack `a` runs on `run` in round `rnd` (attacks.N.rounds, against the run's own last
+        round)."""
+        return a.rounds.evaluates(rnd, self.n_rounds(run))
+
+    def evaluated(self, a: AttackConfig, runs: list[RunSpec], rnd: int) -> list[RunSpec]:
+        """Those of `runs` that attack `a` evaluates in round `rnd`."""
+        return [r for r in runs if self.evaluates(a, r, rnd)]
 
     def header(self) -> dict:
         """The results file's root attributes."""

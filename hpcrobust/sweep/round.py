@@ -5,7 +5,7 @@
       finetune (round 0)               clean fine-tuning, optionally with the random-token defense
       adversarial (round >= 1)         attack fresh training examples, grow the pool, train on a mix
       clean_accuracy                   predictions on the validation split
-      evaluate                         every (non-ensemble) evaluation attack (attacks/evaluate.py)
+      evaluate                         every (non-ensemble) evaluation attack of this round (attacks/evaluate.py)
       checkpoint.save                  what the next round starts from
     record                             the round as one Record of the results file
 
@@ -55,8 +55,8 @@ def run_round(ctx: SweepContext, run: RunSpec, rnd: int, tables: dict) -> RoundS
     labels = np.array([e.label for e in ctx.task.val])
     state = RoundState(run, clf, pred == labels, scalars)
     for a in ctx.cfg.attacks:
-        if a.ensemble:
-            continue  # run with every size at once, in the cross-run phase (sweep/shared.py)
+        if a.ensemble or not ctx.plan.evaluates(a, run, rnd):
+            continue  # ensembles run with every size at once (sweep/shared.py); attacks.N.rounds skips others
         table = tables.get((run.seed, a.name))
         res = evaluate(a, ctx.attack_env(run, rnd, clf, shared=table), lay.group, ctx.eval_set, pred)
         state.add(res)
@@ -77,7 +77,10 @@ def record(ctx: SweepContext, st: RoundState, rnd: int) -> Record:
     run, m = st.run, ctx.model(st.run)
     meta = {S.MODEL: m.name_or_path, S.MODEL_LABEL: model_label(m), S.SEED: run.seed, S.TASK: ctx.cfg.task.name,
             S.RUN_INDEX: run.index, S.PLANNED_ROUNDS: ctx.plan.n_rounds(run)}
-    return Record(path=S.round_path(run.key, rnd), attrs={"round": rnd}, scalars=st.scalars, arrays=st.arrays,
+    attrs = {S.ROUND: rnd}
+    if ctx.attempt is not None:  # where it ran and its device-hours (sweep/provenance.py)
+        attrs.update(ctx.attempt.round_attrs(ctx.layout.group_index, st.scalars[S.WALL_TIME]))
+    return Record(path=S.round_path(run.key, rnd), attrs=attrs, scalars=st.scalars, arrays=st.arrays,
                   parent_attrs={S.run_path(run.key): meta})
 
 

@@ -5,6 +5,10 @@
 - Ensemble GCG attacks all sizes of a seed with one shared string.
 - The transfer matrix scores every run's final strings on every other run's model.
 
+Each phase covers, per attack, only the runs that attack evaluates in this round (attacks.N.rounds): a
+RandomToken table is drawn for a seed when one of its runs needs it, an ensemble joins the sizes that
+evaluate it, and a transfer matrix spans the runs that have the attack's strings.
+
 Each group leader brings the models of the runs its group trained this round; other ranks bring
 none and only take part in the collectives.
 """
@@ -38,19 +42,19 @@ def shared_tokenizer(cfg: SweepConfig):
 
 def share_random_tokens(ctx: SweepContext, rnd: int) -> dict[tuple[int, str], np.ndarray]:
     """{(seed, attack): [example, iteration, token]} drawn on world rank 0 and broadcast to every rank."""
-    cfg = ctx.cfg
-    rt = [a for a in cfg.attacks if a.type == RandomToken.type_name]
-    if not rt:
+    cfg, active = ctx.cfg, ctx.plan.active(rnd)
+    wanted = [(seed, a) for seed in cfg.seeds for a in cfg.attacks if a.type == RandomToken.type_name
+              and ctx.plan.evaluated(a, [r for r in active if r.seed == seed], rnd)]
+    if not wanted:
         return {}
     tables = None
     if ctx.layout.is_root:
         tables = {}
         tok = shared_tokenizer(cfg)
         if tok is not None:
-            for seed in cfg.seeds:
-                for a in rt:
-                    attack = RandomToken(a, seed, ("eval", rnd, a.name), tok, cfg.parallel.score_chunk)
-                    tables[(seed, a.name)] = attack.candidate_table(min(a.n_examples, cfg.task.n_val))
+            for seed, a in wanted:
+                attack = RandomToken(a, seed, ("eval", rnd, a.name), tok, cfg.parallel.score_chunk)
+                tables[(seed, a.name)] = attack.candidate_table(min(a.n_examples, cfg.task.n_val))
     return broadcast_candidates(ctx.layout.world, tables)
 
 
@@ -75,7 +79,9 @@ def ensemble_phase(ctx: SweepContext, rnd: int, active: list[RunSpec], held: dic
     tok = cached_tokenizer(resolve(cfg.models[0], cfg.family).path, cfg.models[0].trust_remote_code)
     for a in attacks:
         for seed in cfg.seeds:
-            runs = [r for r in active if r.seed == seed]
+            runs = ctx.plan.evaluated(a, [r for r in active if r.seed == seed], rnd)
+            if not runs:
+                continue
             members = [Member(r.index, r.key, held[r.index].clf if (lead and r.index in held) else None,
                               correct[r.index]) for r in runs]
             out = run_ensemble_gcg(a, members, layout.world, seed, rnd, ctx.eval_set, tok)
@@ -92,17 +98,19 @@ def transfer_phase(ctx: SweepContext, rnd: int, active: list[RunSpec], held: dic
     if not attacks or not active:
         return None
     lead = layout.is_group_leader
-    order = [r.key for r in sorted(active, key=lambda r: r.index)]
     arrays = {}
     for a in attacks:
+        order = [r.key for r in sorted(ctx.plan.evaluated(a, active, rnd), key=lambda r: r.index)]
+        if not order:
+            continue
+        mine = [st for st in held.values() if lead and a.name in st.results]
         finals = allgather_records(layout.world, {st.run.key: (st.results[a.name].tokens,
-                                                               st.results[a.name].correct_before)
-                                                  for st in held.values() if lead})
+                                                               st.results[a.name].correct_before) for st in mine})
         sources = [Source(k, *finals[k]) for k in order]
-        targets = [Target(st.run.index, st.run.key, st.clf, st.correct) for st in held.values() if lead]
+        targets = [Target(st.run.index, st.run.key, st.clf, st.correct) for st in mine]
         mat = transfer_matrix(layout.world, a, sources, targets, order, ctx.eval_set)
         arrays[f"{a.name}/{S.TRANSFER_ASR}"] = mat
         arrays[f"{a.name}/{S.TRANSFER_RUNS}"] = text_array(order)
-    if not layout.is_root:
+    if not layout.is_root or not arrays:
         return None
     return Record(path=S.transfer_path(rnd), attrs={"round": rnd}, arrays=arrays)
