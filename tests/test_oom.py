@@ -14,6 +14,7 @@ lr 2e-3; Adam divides by sqrt(v) + 1e-8, which magnifies the reordering of gradi
 from __future__ import annotations
 
 import gc
+import re
 import weakref
 
 import h5py
@@ -262,17 +263,21 @@ def test_models_are_freed_once_no_phase_of_the_round_needs_them(tiny, monkeypatc
 
 # ---------------------------------------------------------------- a whole sweep
 def close_enough(ref, got) -> float:
-    """Every dataset equal (floats within WEIGHT_TOL, relative); the largest float difference."""
+    """Every dataset equal, floats within WEIGHT_TOL; the largest float difference. A round's actual training
+    FLOPs may only grow: a micro-batch's shared instructions run once per piece."""
     a, b = datasets(ref), datasets(got)
     assert sorted(a) == sorted(b)
     worst = 0.0
     for k in a:
         x, y = np.asarray(a[k]), np.asarray(b[k])
         assert x.shape == y.shape and x.dtype == y.dtype, k
-        if x.dtype.kind == "f":
+        if re.fullmatch(r"runs/[^/]+/rounds/\d+/flops_actual", k):
+            assert y >= x, k
+        elif x.dtype.kind == "f":
             np.testing.assert_allclose(y, x, rtol=WEIGHT_TOL, atol=WEIGHT_TOL, equal_nan=True, err_msg=k)
-            both = ~(np.isnan(x) | np.isnan(y))
-            worst = max(worst, float(np.abs(x[both] - y[both]).max(initial=0)))
+            finite = np.isfinite(x) & np.isfinite(y)
+            assert np.array_equal(np.isfinite(x), np.isfinite(y)), k
+            worst = max(worst, float(np.abs(x[finite] - y[finite]).max(initial=0)))
         else:
             assert np.array_equal(x, y), k
     return worst
@@ -285,21 +290,20 @@ ADV = ["train_attacks=[{name: rt_train, type: random_token, n_attack_tokens: 5}]
 
 def test_a_sweep_with_fake_out_of_memory_errors_stores_the_same_numbers(tiny):
     """Training micro-batches, evaluation batches and scoring chunks of 16 all back off to 8 (the fake fails
-    above 8), once per run for both rounds; on 1 rank, and on one rank of a group of 2 (the other never backs
-    off): no collective is missed, and the stored numbers are the same."""
-    common = ["seeds=[0]", *ADV]
+    above 8), once for both rounds of the run; on 1 rank, and on rank 0 of a group of 2 (rank 1 never backs
+    off): no collective is missed, and the stored numbers are the same (measured: floats within 6e-8)."""
+    common = ["seeds=[0]", "models=[builtin:xs]", *ADV]
     ref = run_cli(["run", str(tiny), "output=ref.h5", *common, "--quiet"], cwd=tiny.parent)
     assert ref.returncode == 0, ref.stderr
     one = run_cli(["run", str(tiny), "output=one.h5", "debug.fake_oom_above=8", *common], cwd=tiny.parent)
     assert one.returncode == 0, one.stderr
-    two = run_cli(["run", str(tiny), "output=two.h5", "debug.fake_oom_above=8", "debug.fake_oom_rank=1",
+    two = run_cli(["run", str(tiny), "output=two.h5", "debug.fake_oom_above=8", "debug.fake_oom_rank=0",
                    "parallel.ranks_per_group=2", *common], ranks=2, cwd=tiny.parent)
     assert two.returncode == 0, two.stderr
-    for proc, rank in ((one, 0), (two, 1)):
-        lines = [x for x in proc.stderr.splitlines() if "out of memory in" in x]
-        assert all(x.startswith(f"[rank {rank}/") for x in lines)
-        for kind in ("train", "eval", "score"):  # 2 runs x 2 rounds, remembered: once per run
-            assert sum(f"out of memory in {kind} at 16 rows" in x for x in lines) == 2, (kind, lines)
+    for proc in (one, two):
+        seen = re.findall(r"\[rank (\d+)/\d+ [^\]]*\] out of memory in (\w+) at (\d+) rows", proc.stderr)
+        # rank 0 only; remembered: each kind backs off once in round 0 and never again in round 1
+        assert sorted(seen) == [("0", kind, "16") for kind in ("eval", "score", "train")], seen
     for name in ("one.h5", "two.h5"):
         worst = close_enough(tiny.parent / "ref.h5", tiny.parent / name)
         print(f"{name}: largest stored float difference {worst:.2e}")
