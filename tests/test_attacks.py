@@ -10,6 +10,7 @@ from hpcrobust.attacks.base import AttackEnv
 from hpcrobust.attacks.engine import ScoringEngine, wrong_label_loss
 from hpcrobust.attacks.evaluate import EvalSet, evaluate
 from hpcrobust.config import AttackConfig, ModelConfig, TaskConfig, load_config
+from hpcrobust.models.backoff import Backoff
 from hpcrobust.models.loading import load_classifier
 from hpcrobust.models.vocab import allowed_tokens, retokenizes
 from hpcrobust.parallel.comm import Comm
@@ -63,6 +64,7 @@ def test_cached_scores_equal_full_forward(setup, placement):
 
 def test_out_of_memory_shrinks_and_remembers(setup, monkeypatch):
     cfg, clf, task, _ = setup
+    monkeypatch.setattr(clf, "backoff", Backoff())  # what this test learns stays out of the other tests
     enc = encode(clf.tokenizer, task.val[0], "suffix")
     cands = np.random.default_rng(1).choice(allowed_tokens(clf.tokenizer, False), size=(16, 5))
     ref = ScoringEngine(clf, chunk=16).score_chunk(0, enc, cands).losses

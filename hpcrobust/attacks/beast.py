@@ -25,6 +25,7 @@ from hpcrobust.attacks.registry import register_attack
 from hpcrobust.errors import UserError
 from hpcrobust.fields import setting
 from hpcrobust.models import family
+from hpcrobust.models.backoff import Backoff
 from hpcrobust.models.config import FamilyConfig, ModelConfig
 from hpcrobust.models.flops import FlopCount, FlopMeter, arch_shape, forward_flops
 from hpcrobust.models.loading import resolve
@@ -46,7 +47,8 @@ def sampler_model(a: AttackConfig) -> ModelConfig:
 class Sampler:
     """The proposing causal LM: last-position logits only, every call counted."""
 
-    def __init__(self, path: str, device: torch.device, dtype: torch.dtype, meter: FlopMeter) -> None:
+    def __init__(self, path: str, device: torch.device, dtype: torch.dtype, meter: FlopMeter,
+                 backoff: Backoff | None = None) -> None:
         from transformers import AutoModelForCausalLM
 
         self.lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype).to(device)
@@ -62,10 +64,34 @@ class Sampler:
         params = inspect.signature(self.backbone.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self.device = device
+        self.backoff = backoff or Backoff()  # the victim run's: its remembered sizes
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, cache: DynamicCache, past: int) -> torch.Tensor:
-        """Next-token logits [B, V] after feeding `ids` [B, T] on top of `past` cached tokens."""
+        """Next-token logits [B, V] after feeding `ids` [B, T] on top of `past` cached tokens; `cache` grows.
+
+        On out-of-memory the beams run in smaller groups, each on its own slice of the cache (every row is
+        computed alone, so nothing changes), and the grown slices are joined back."""
+        b = ids.shape[0]
+
+        def piece(i: int, j: int) -> tuple[torch.Tensor, DynamicCache]:
+            if j - i == b:  # the whole batch: on the cache itself, put back if the forward fails
+                try:
+                    return self._forward(ids, cache, past), cache
+                except RuntimeError:
+                    cache.crop(past)
+                    raise
+            sub = DynamicCache(ddp_cache_data=[(k[i:j], v[i:j], *rest) for k, v, *rest in cache])
+            return self._forward(ids[i:j], sub, past), sub
+
+        parts = self.backoff.pieces("sampler", b, piece, meters=(self.meter,))
+        if len(parts) > 1:
+            for n, layer in enumerate(cache.layers):
+                layer.keys = torch.cat([c.layers[n].keys for _, c in parts])
+                layer.values = torch.cat([c.layers[n].values for _, c in parts])
+        return torch.cat([lg for lg, _ in parts])
+
+    def _forward(self, ids: torch.Tensor, cache: DynamicCache, past: int) -> torch.Tensor:
         b, t = ids.shape
         hidden = self.backbone(input_ids=ids, use_cache=True, **{self._cache_kw: cache}).last_hidden_state
         logits = self.head(hidden[:, -1]).float()
@@ -101,7 +127,7 @@ class Beast(Attack):
         clf = env.clf
 
         def factory(meter: FlopMeter) -> Sampler:
-            return Sampler(path, clf.device, clf.dtype, meter)
+            return Sampler(path, clf.device, clf.dtype, meter, clf.backoff)
 
         return cls(a, env.seed, env.stream_key(a), clf.tokenizer, factory)
 

@@ -3,8 +3,9 @@
 For an example, the tokens before the attack are run once and their keys/values cached; each
 candidate batch then runs only `attack + after` on top of that cache and reads only the two label
 logits at the last position. Candidates are scored in fixed-size chunks whatever the number of
-ranks (invariant 1). On a CUDA out-of-memory error a chunk is cut into smaller pieces and the size
-that fit is remembered for the rest of the run.
+ranks (invariant 1). On a CUDA out-of-memory error a chunk is cut into smaller pieces, and the
+prefix caches held for other examples are dropped before a step that cannot be cut (one prefix, one
+GCG gradient); the sizes that fit are remembered for the rest of the run (models/backoff.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hpcrobust.models.backoff import Backoff
 from hpcrobust.models.classifier import Classifier
 from hpcrobust.tasks.placement import Encoded
 
@@ -29,22 +31,43 @@ def wrong_label_loss(logits: torch.Tensor, label: int) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1) - logits[..., 1 - label]
 
 
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
 class ScoringEngine:
     def __init__(self, clf: Classifier, chunk: int, max_cached_examples: int = 64, use_cache: bool = True) -> None:
         self.clf = clf
         self.chunk = chunk
         self.use_cache = use_cache  # False only to measure what the cache saves (benchmarks)
-        self.fit = chunk  # largest sub-batch known to fit in memory
         self._prefix: dict[int, tuple] = {}
         self._after: dict[int, torch.Tensor] = {}
         self._counted: set[int] = set()
         self.max_cached = max_cached_examples
 
+    @property
+    def backoff(self) -> Backoff:
+        return self.clf.backoff
+
+    @property
+    def fit(self) -> int:
+        """Largest sub-batch of a chunk known to fit in memory (remembered per run)."""
+        return self.backoff.size("score", self.chunk)
+
     # ------------------------------------------------------------ prefix cache
+    def _keep(self, n: int, key: int) -> None:
+        """Evict the oldest cached prefixes (never `key`'s) until at most `n` are held."""
+        for k in [k for k in self._prefix if k != key][: max(0, len(self._prefix) - n)]:
+            del self._prefix[k]
+            self._after.clear()
+
+    def guarded(self, key: int, step):
+        """Run `step()` (which cannot be cut into rows: one prefix, one GCG gradient); on out-of-memory drop the
+        prefix caches of other examples and try again. Results do not change: a dropped prefix is recomputed
+        exactly, and its FLOPs are not counted twice."""
+        def attempt(n: int):
+            self._keep(n, key)
+            return step()
+
+        want = min(self.max_cached, len(self._prefix) + (key not in self._prefix))
+        return self.backoff.retry("prefix_cache", max(1, want), attempt, meters=(self.clf.meter,))
+
     def prefix(self, key: int, enc: Encoded, count: bool = False) -> tuple:
         """The cached keys/values of `enc.before`.
 
@@ -54,16 +77,19 @@ class ScoringEngine:
         if not self.use_cache:
             return ()
         if key not in self._prefix:
-            if len(self._prefix) >= self.max_cached:
-                self._prefix.pop(next(iter(self._prefix)))
-                self._after.clear()
-            start = self.clf.meter.total.snapshot()
-            self._prefix[key] = self.clf.prefix_cache(enc.before)
-            if not count or key in self._counted:
-                self.clf.meter.total.actual -= self.clf.meter.total.since(start).actual
-            else:
-                self._counted.add(key)
+            self.guarded(key, lambda: self._compute_prefix(key, enc, count))
         return self._prefix[key]
+
+    def _compute_prefix(self, key: int, enc: Encoded, count: bool) -> None:
+        if len(self._prefix) >= self.backoff.size("prefix_cache", self.max_cached):
+            self._keep(self.backoff.size("prefix_cache", self.max_cached) - 1, key)
+        start = self.clf.meter.total.snapshot()
+        cache = self.clf.prefix_cache(enc.before)
+        if not count or key in self._counted:
+            self.clf.meter.total.actual -= self.clf.meter.total.since(start).actual
+        else:
+            self._counted.add(key)
+        self._prefix[key] = cache
 
     def after_ids(self, key: int, enc: Encoded) -> torch.Tensor:
         if key not in self._after:
@@ -84,22 +110,12 @@ class ScoringEngine:
     # ------------------------------------------------------------ scoring
     @torch.no_grad()
     def _score_rows(self, prefix: tuple, tails: torch.Tensor, label: int) -> tuple[torch.Tensor, torch.Tensor]:
-        out_l, out_f = [], []
-        i = 0
-        while i < tails.shape[0]:
-            part = tails[i: i + self.fit]
-            try:
-                logits = self.clf.logits_cached(prefix, tail_ids=part)
-            except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
-                if not _is_oom(exc) or self.fit == 1:
-                    raise
-                self.fit = max(1, self.fit // 2)
-                torch.cuda.empty_cache()
-                continue
-            out_l.append(wrong_label_loss(logits, label))
-            out_f.append(logits[:, 1 - label] > logits[:, label])
-            i += part.shape[0]
-        return torch.cat(out_l), torch.cat(out_f)
+        def piece(i: int, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = self.clf.logits_cached(prefix, tail_ids=tails[i:j])
+            return wrong_label_loss(logits, label), logits[:, 1 - label] > logits[:, label]
+
+        parts = self.backoff.pieces("score", tails.shape[0], piece, meters=(self.clf.meter,))
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def score_chunk(self, key: int, enc: Encoded, cands: np.ndarray) -> Scores:
         """Score one chunk (at most `self.chunk` candidates) of attack token rows for one example."""

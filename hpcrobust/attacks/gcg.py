@@ -53,7 +53,13 @@ def initial_tokens(cfg: AttackConfig, tokenizer) -> list[int]:
 
 
 def token_gradient(engine: ScoringEngine, key: int, enc, tokens: np.ndarray) -> torch.Tensor:
-    """d(wrong-label loss) / d(one-hot attack tokens), [n_tokens, vocab], on top of the prefix cache."""
+    """d(wrong-label loss) / d(one-hot attack tokens), [n_tokens, vocab], on top of the prefix cache.
+
+    One row cannot be cut: on out-of-memory the engine drops other examples' prefix caches and retries."""
+    return engine.guarded(key, lambda: _token_gradient(engine, key, enc, tokens))
+
+
+def _token_gradient(engine: ScoringEngine, key: int, enc, tokens: np.ndarray) -> torch.Tensor:
     clf = engine.clf
     prefix = engine.prefix(key, enc)
     w = clf.embedding.weight

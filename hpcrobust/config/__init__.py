@@ -43,6 +43,9 @@ class DebugConfig:
                            " starts, after this rank's runs of the round and before the cross-run phases, or in"
                            " the checks before any work")
     stop_after_round: int = setting(-1, lo=-1, doc="exit 3 after committing this round (resume tests)")
+    fake_oom_above: int = setting(0, lo=0, doc="fake a CUDA out-of-memory error for any batched step tried with more"
+                                  " rows than this (0: off), to test the back-off")
+    fake_oom_rank: int = setting(-1, lo=-1, doc="... only on this world rank (-1: every rank)")
 
 
 @dataclass

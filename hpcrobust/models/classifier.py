@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from hpcrobust.models.backoff import Backoff
 from hpcrobust.models.flops import ArchShape, FlopCount, FlopMeter, arch_shape, forward_flops
 from hpcrobust.models.pretrain import UNKNOWN, Pretraining
 
@@ -28,6 +29,7 @@ class Classifier:
         self.head = head
         self.shape: ArchShape = arch_shape(hf_model, self.backbone, head)
         self.meter = FlopMeter()
+        self.backoff = Backoff()  # the run's remembered batch sizes (the sweep hands every round the run's own)
         self.pretraining = pretraining
         params = inspect.signature(self.backbone.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"

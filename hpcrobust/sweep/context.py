@@ -10,6 +10,7 @@ import numpy as np
 from hpcrobust.attacks.base import AttackEnv, AttackResult
 from hpcrobust.attacks.evaluate import EvalSet
 from hpcrobust.config import ModelConfig, SweepConfig
+from hpcrobust.models.backoff import Backoff
 from hpcrobust.models.classifier import Classifier
 from hpcrobust.parallel.layout import Layout
 from hpcrobust.store.results import ResultsFile
@@ -30,10 +31,18 @@ class SweepContext:
     hooks: Hooks = field(default_factory=Hooks)
     started: float = field(default_factory=time.time)  # when this process group started (device-hours count from it)
     attempt: Attempt | None = None  # set by the driver (sweep/provenance.py)
+    backoffs: dict[str, Backoff] = field(default_factory=dict)  # per run: batch sizes that fit, for every round
+    fake_oom_above: int = 0  # test-only (debug.fake_oom_above, set by sweep/debug.py on the ranks it names)
 
     @property
     def eval_set(self) -> EvalSet:
         return EvalSet(self.task.val, self.cfg.parallel.score_chunk)
+
+    def backoff(self, run: RunSpec) -> Backoff:
+        """The run's out-of-memory back-off: what one round learned stays for the next."""
+        if run.key not in self.backoffs:
+            self.backoffs[run.key] = Backoff(fake_oom_above=self.fake_oom_above)
+        return self.backoffs[run.key]
 
     def model(self, run: RunSpec) -> ModelConfig:
         return self.cfg.models[run.model_index]
@@ -48,7 +57,7 @@ class RoundState:
     """One run's round while it is being assembled (on the ranks of its group)."""
 
     run: RunSpec
-    clf: Classifier
+    clf: Classifier | None  # None once no later phase of the round needs it on this rank (freed)
     correct: np.ndarray  # [n_val] clean prediction correct
     scalars: dict
     arrays: dict = field(default_factory=dict)

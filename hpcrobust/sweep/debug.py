@@ -1,4 +1,5 @@
-"""The test-only `debug.*` switches, as hooks: a failure on one rank, a stop after a committed round."""
+"""The test-only `debug.*` switches, as hooks: a failure on one rank, a stop after a committed round, fake
+out-of-memory errors."""
 
 from __future__ import annotations
 
@@ -31,3 +32,9 @@ def attach(hooks: Hooks, debug: DebugConfig) -> None:
                 raise SystemExit(3)
 
         hooks.on("round_committed", stop)
+    if debug.fake_oom_above:
+        def fake_oom(ctx) -> None:
+            if debug.fake_oom_rank in (-1, ctx.layout.world.rank):
+                ctx.fake_oom_above = debug.fake_oom_above
+
+        hooks.on("sweep_started", fake_oom)

@@ -13,7 +13,13 @@ from hpcrobust.parallel.collectives import broadcast_from_root
 from hpcrobust.sweep.context import SweepContext
 from hpcrobust.sweep.provenance import Attempt
 from hpcrobust.sweep.round import record, run_round
-from hpcrobust.sweep.shared import ensemble_phase, share_random_tokens, transfer_phase
+from hpcrobust.sweep.shared import (
+    ensemble_phase,
+    models_needed_after_runs,
+    release_models,
+    share_random_tokens,
+    transfer_phase,
+)
 
 
 def drive(ctx: SweepContext) -> None:
@@ -36,11 +42,17 @@ def drive(ctx: SweepContext) -> None:
             continue  # committed (with its transfer matrix) in an earlier attempt
         ctx.hooks.fire("round_started", ctx, rnd)
         tables = share_random_tokens(ctx, rnd)
-        held = {i: run_round(ctx, plan.runs[i], rnd, tables)
-                for i in lay.runs_of_group(len(plan.runs)) if plan.runs[i] in active}
+        keep = models_needed_after_runs(ctx)
+        held = {}
+        for i in lay.runs_of_group(len(plan.runs)):
+            if plan.runs[i] in active:
+                held[i] = run_round(ctx, plan.runs[i], rnd, tables)
+                if not keep:
+                    release_models([held[i]])
         ctx.hooks.fire("runs_done", ctx, rnd)
         ensemble_phase(ctx, rnd, active, held)
         transfer = transfer_phase(ctx, rnd, active, held)
+        release_models(held.values())  # before the commit and the next round's models
         mine = [record(ctx, st, rnd) for st in held.values()] if lay.is_group_leader else []
         mine += [transfer] if transfer else []
         mine += [ctx.attempt.record(len(active))] if lay.is_root else []  # its provenance, up to this commit

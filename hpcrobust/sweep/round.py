@@ -43,6 +43,7 @@ def run_round(ctx: SweepContext, run: RunSpec, rnd: int, tables: dict) -> RoundS
     t0 = time.time()
     lay = ctx.layout
     clf = checkpoint.load_model(ctx, run, rnd)
+    clf.backoff = ctx.backoff(run)
     if rnd == 0:
         pool, scalars = Pool(), finetune(ctx, clf, run)
     else:

@@ -10,12 +10,14 @@ RandomToken table is drawn for a seed when one of its runs needs it, an ensemble
 evaluate it, and a transfer matrix spans the runs that have the attack's strings.
 
 Each group leader brings the models of the runs its group trained this round; other ranks bring
-none and only take part in the collectives.
+none and only take part in the collectives. A model is freed as soon as no phase of the round needs it
+on its rank: right after its run's round on a rank that brings nothing, after these phases otherwise.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -23,6 +25,7 @@ from hpcrobust.attacks.ensemble import Member, run_ensemble_gcg
 from hpcrobust.attacks.random_token import RandomToken
 from hpcrobust.attacks.transfer import Source, Target, transfer_matrix
 from hpcrobust.config import AttackConfig, SweepConfig
+from hpcrobust.models.backoff import free_device_memory
 from hpcrobust.models.loading import resolve
 from hpcrobust.models.vocab import cached_tokenizer, vocabulary_digest
 from hpcrobust.parallel.collectives import allgather_records, broadcast_candidates
@@ -30,6 +33,18 @@ from hpcrobust.store import schema as S
 from hpcrobust.store.schema import Record, text_array
 from hpcrobust.sweep.context import RoundState, SweepContext
 from hpcrobust.sweep.plan import RunSpec
+
+
+def models_needed_after_runs(ctx: SweepContext) -> bool:
+    """Whether this rank brings its models of the round to a cross-run phase (ensemble, transfer)."""
+    return ctx.layout.is_group_leader and bool(ctx.cfg.attacks)
+
+
+def release_models(states: Iterable[RoundState]) -> None:
+    """Drop the rounds' models on this rank (the records keep their numbers) and return the memory."""
+    for st in states:
+        st.clf = None
+    free_device_memory()
 
 
 def shared_tokenizer(cfg: SweepConfig):

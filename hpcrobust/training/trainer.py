@@ -2,7 +2,9 @@
 
 The effective batch is `batch_size` for every model size and rank count: each optimizer step is
 cut into fixed micro-batches, the group's ranks take them round-robin, and the gradients are
-summed in micro-batch order (invariant 1).
+summed in micro-batch order (invariant 1). On out-of-memory a micro-batch is run as smaller
+sub-batches of the same padded shape whose gradients add up to it (models/backoff.py); only the float
+summation order changes.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ class TrainResult:
     flops: FlopCount
 
 
-def pad_batch(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    t = max(len(s) for s in seqs)
+def pad_batch(seqs: list[list[int]], pad_id: int, device: torch.device, width: int = 0
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    t = max([width] + [len(s) for s in seqs])
     ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), t), dtype=torch.long)
     for i, s in enumerate(seqs):
@@ -65,14 +68,36 @@ def common_prefix(seqs: list[list[int]]) -> int:
     return max(n, 0)
 
 
-def batch_logits(clf: Classifier, seqs: list[list[int]]) -> torch.Tensor:
-    """Logits for a micro-batch; a prefix shared by every row (the instructions) is computed once."""
+def batch_shape(seqs: list[list[int]]) -> tuple[int, int]:
+    """(length of the prefix run once, or 0; padded width) of a batch. Its sub-batches keep both, so every row
+    is computed with the same shapes however the batch is cut."""
     p = common_prefix(seqs)
-    if p >= MIN_SHARED_PREFIX and len(seqs) > 1:
-        ids, mask = pad_batch([s[p:] for s in seqs], clf.tokenizer.pad_token_id, clf.device)
+    return (p if p >= MIN_SHARED_PREFIX and len(seqs) > 1 else 0), max(len(s) for s in seqs)
+
+
+def batch_logits(clf: Classifier, seqs: list[list[int]], shape: tuple[int, int] | None = None) -> torch.Tensor:
+    """Logits for a micro-batch; a prefix shared by every row (the instructions) is computed once."""
+    p, width = shape or batch_shape(seqs)
+    if p:
+        ids, mask = pad_batch([s[p:] for s in seqs], clf.tokenizer.pad_token_id, clf.device, width - p)
         return clf.logits_shared_prefix(seqs[0][:p], ids, mask)
-    ids, mask = pad_batch(seqs, clf.tokenizer.pad_token_id, clf.device)
+    ids, mask = pad_batch(seqs, clf.tokenizer.pad_token_id, clf.device, width)
     return clf.logits(ids, mask)
+
+
+def micro_batch_backward(clf: Classifier, seqs: list[list[int]], labels: list[int], denom: int, size: int
+                         ) -> float:
+    """Backward of one micro-batch's summed loss / `denom`, in sub-batches of `size` rows; returns the loss.
+    Gradients accumulate into the parameters' .grad, sub-batch by sub-batch in row order."""
+    shape = batch_shape(seqs)
+    y = torch.tensor(labels, device=clf.device)
+    total = None
+    for i in range(0, len(seqs), size):
+        logits = batch_logits(clf, seqs[i: i + size], shape)
+        loss = F.cross_entropy(logits, y[i: i + size], reduction="sum") / denom
+        loss.backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    return float(total)
 
 
 def make_optimizer(params, spec: TrainSpec):
@@ -134,19 +159,25 @@ def train(clf: Classifier, seqs: list[list[int]], labels: list[int], spec: Train
     for step in range(n_steps):
         batch = order[step * spec.batch_size: (step + 1) * spec.batch_size]
         mine = my_share(group, n_mb)
-        grads: dict[int, np.ndarray] = {}
-        losses: dict[int, float] = {}
-        for mb in mine:
-            idx = batch[mb * spec.micro_batch_size: (mb + 1) * spec.micro_batch_size]
-            y = torch.tensor([labels[i] for i in idx], device=clf.device)
-            logits = batch_logits(clf, [seqs[i] for i in idx])
-            loss = F.cross_entropy(logits, y, reduction="sum") / spec.batch_size
-            if group.size > 1:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            losses[mb] = float(loss.detach())
-            if group.size > 1:
-                grads[mb] = _flat_grad(params)
+
+        def my_micro_batches(size: int, batch: list[int] = batch, mine: list[int] = mine
+                             ) -> tuple[dict[int, np.ndarray], dict[int, float]]:
+            """This rank's share of the step, in sub-batches of `size`; retried whole after out-of-memory."""
+            opt.zero_grad(set_to_none=True)
+            grads: dict[int, np.ndarray] = {}
+            losses: dict[int, float] = {}
+            for mb in mine:
+                idx = batch[mb * spec.micro_batch_size: (mb + 1) * spec.micro_batch_size]
+                if group.size > 1:
+                    opt.zero_grad(set_to_none=True)
+                losses[mb] = micro_batch_backward(clf, [seqs[i] for i in idx], [labels[i] for i in idx],
+                                                  spec.batch_size, size)
+                if group.size > 1:
+                    grads[mb] = _flat_grad(params)
+            return grads, losses
+
+        # Before any collective: a rank that backs off redoes only its own share.
+        grads, losses = clf.backoff.retry("train", spec.micro_batch_size, my_micro_batches, meters=(clf.meter,))
         if group.size > 1:
             _set_grad(params, sum_gradients_in_order(group, grads))
             losses = share_indexed(group, losses)
@@ -165,7 +196,11 @@ def all_logits(clf: Classifier, seqs: list[list[int]], batch_size: int, group: C
     n_batches = math.ceil(len(seqs) / batch_size)
     out: dict[int, np.ndarray] = {}
     for b in my_share(group, n_batches):
-        out[b] = batch_logits(clf, seqs[b * batch_size: (b + 1) * batch_size]).cpu().numpy()
+        part = seqs[b * batch_size: (b + 1) * batch_size]
+        shape = batch_shape(part)
+        out[b] = np.concatenate(clf.backoff.pieces(
+            "eval", len(part), lambda i, j, part=part, shape=shape: batch_logits(clf, part[i:j], shape).cpu().numpy(),
+            meters=(clf.meter,)))
     allb = share_indexed(group, out)
     return np.concatenate([allb[b] for b in range(n_batches)]) if n_batches else np.zeros((0, 2))
 
