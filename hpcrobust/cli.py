@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_launch_commands(sub) -> None:
-    """`submit` and `sbatch` (hpcrobust.launch): the same sweep, handed to SLURM."""
+    """`submit`, `sbatch` and `status` (hpcrobust.launch): the same sweep, handed to SLURM and watched."""
     submit = sub.add_parser("submit", help="submit the sweep with submitit (SLURM; local/debug to try it)",
                             description="Submit the sweep with submitit. SLURM resources come from the config's"
                             " launch.* keys; each SLURM task is one MPI rank. Prints the job ids and the log"
@@ -92,6 +92,28 @@ def _add_launch_commands(sub) -> None:
     sbatch.add_argument("overrides", nargs="*", metavar="key.sub=value", help=OVERRIDE_HELP)
     sbatch.add_argument("--template", default="", help="template file or name in slurm_templates/ (default:"
                         " sweep.sbatch, or sweep_array.sbatch with launch.array_over)")
+    status = sub.add_parser("status", help="progress of a sweep from its results file (safe while it runs)",
+                            description="Where a sweep stands, read from its results file, its lock and its"
+                            " checkpoint folder (and SLURM, when the lock names a job): a run x round grid,"
+                            " wall time and device-hours per round, ASR so far, and an estimate of the time"
+                            " left. It only reads, so it is safe while the sweep writes. See the README's"
+                            " `hpcrobust status` section for the meaning of each column.")
+    status.add_argument("file", metavar="FILE", help="the sweep's results file (the config's `output`)")
+    status.add_argument("--watch", nargs="?", type=_seconds, const=30.0, default=None, metavar="SECONDS",
+                        help="redraw every SECONDS (default 30) until the sweep has finished; Ctrl-C stops")
+    status.add_argument("--job", default="", metavar="ID", help="the SLURM job to ask about (default: the one"
+                        " named in the lock while a job holds it), e.g. a requeued job waiting in the queue")
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r} (write FILE first:"
+                                         f" status FILE --watch [SECONDS])") from None
+    if not 0.1 <= v <= 86400:
+        raise argparse.ArgumentTypeError(f"--watch takes 0.1 to 86400 seconds, got {text!r}")
+    return v
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -110,6 +132,12 @@ def _sbatch(args: argparse.Namespace) -> int:
     from hpcrobust.launch.commands import sbatch_command
 
     return sbatch_command(args.config, args.overrides, args.template)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from hpcrobust.launch.status_view import watch
+
+    return watch(args.file, args.watch, args.job)
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -143,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         from hpcrobust.analysis import cli as analysis_cli
 
         handler = {"run": _run, "submit": _submit, "sbatch": _sbatch, "plan": _plan, "analyze": analysis_cli.run,
-                   "export": analysis_cli.run_export, "convert": _convert}[args.command]
+                   "export": analysis_cli.run_export, "convert": _convert,
+                   "status": _status}[args.command]
         return handler(args)
     except UserError as exc:
         print(f"hpcrobust: error: {exc}", file=sys.stderr)

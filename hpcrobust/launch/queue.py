@@ -26,11 +26,11 @@ class JobInfo:
         return self.state in ENDED or self.state == "GONE"
 
 
-def job_info(job_id: str) -> JobInfo:
+def job_info(job_id: str, timeout_s: float = 30) -> JobInfo:
     """One `scontrol show job -o`: state, restart count (requeues) and the pending reason."""
     try:
         proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True,
-                              timeout=30)
+                              timeout=timeout_s)
     except (OSError, subprocess.SubprocessError):
         return JobInfo(str(job_id), "UNKNOWN")
     if proc.returncode != 0 or "JobState=" not in proc.stdout:
@@ -38,6 +38,17 @@ def job_info(job_id: str) -> JobInfo:
     fields = dict(tok.split("=", 1) for tok in proc.stdout.split() if "=" in tok)
     return JobInfo(str(job_id), fields.get("JobState", "UNKNOWN"), int(fields.get("Restarts", "0") or 0),
                    fields.get("Reason", ""))
+
+
+def accounting_state(job_id: str, timeout_s: float = 10) -> str:
+    """The job's state from `sacct` (for a job slurmctld has forgotten); "" when there is no accounting."""
+    try:
+        proc = subprocess.run(["sacct", "-j", str(job_id), "-X", "-n", "-P", "-o", "State"], capture_output=True,
+                              text=True, timeout=timeout_s)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    lines = [ln.split()[0] for ln in proc.stdout.splitlines() if ln.strip()] if proc.returncode == 0 else []
+    return lines[-1] if lines else ""  # "CANCELLED by 0" -> CANCELLED; a requeued job's last line is its latest
 
 
 def wait_until_ended(job_ids: list[str], timeout_s: float, poll_s: float = 1.0,

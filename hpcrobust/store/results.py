@@ -2,7 +2,8 @@
 
     results.h5                  the file (replaced atomically by every commit; see writer.py)
     .results.h5.commit.tmp      a commit in progress (removed by the next lock holder if one was killed)
-    results.h5.lock             one writer at a time (flock)
+    results.h5.lock             one writer at a time (flock); one line says who holds it:
+                                "host:pid key=value ..." (ranks, groups, slurm_job), read by `hpcrobust status`
     results.h5.ckpt/<run>/round_RRRR/   what a later round resumes from
 
 The path is resolved first, so a symlink to the file gets the real file's lock and a commit keeps
@@ -16,6 +17,7 @@ import errno
 import fcntl
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -43,6 +45,26 @@ def committed_id(gid) -> bool:
 
 def is_committed(g: h5py.Group) -> bool:
     return committed_id(g.id)
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds (or held, if `alive` is False) a results file's lock, from its one line."""
+
+    host: str
+    pid: int
+    alive: bool  # the lock is held now: by a live pid on this host, or (another host) the flock is taken
+    details: dict[str, str] = field(default_factory=dict)  # ranks, groups, slurm_job (as written by acquire)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 class ResultsFile:
@@ -118,8 +140,9 @@ class ResultsFile:
         return UserError(f"another sweep is writing {self.path} (lock {self.lock_path} is held); wait for it or"
                          f" choose another output")
 
-    def acquire(self) -> None:
-        """One writer per file: a second sweep on the same file is refused, not interleaved.
+    def acquire(self, details: dict[str, object] | None = None) -> None:
+        """One writer per file: a second sweep on the same file is refused, not interleaved. The lock's line
+        names the holder (host, pid, `details`, and the SLURM job when there is one) for `hpcrobust status`.
 
         The lock file exists only while a sweep holds it (release removes it). A sweep that opened the file just
         before the holder removed it would lock a file nobody else sees, so after locking, the path must still be
@@ -146,7 +169,10 @@ class ResultsFile:
             raise OSError(errno.EAGAIN, f"could not lock {self.lock_path}")
         fh.seek(0)
         fh.truncate()
-        fh.write(f"{os.uname().nodename}:{os.getpid()}\n")
+        info = {**(details or {}), **({"slurm_job": os.environ["SLURM_JOB_ID"]} if os.environ.get("SLURM_JOB_ID")
+                                         else {})}
+        words = [f"{k}={v}" for k, v in info.items() if str(v) and not any(c.isspace() for c in f"{k}{v}")]
+        fh.write(" ".join([f"{os.uname().nodename}:{os.getpid()}", *words]) + "\n")
         fh.flush()
         self._lock = fh
 
@@ -168,6 +194,29 @@ class ResultsFile:
                 fcntl.flock(fh, fcntl.LOCK_UN)
             except BlockingIOError:
                 raise self._busy() from None
+
+    def holder(self) -> LockHolder | None:
+        """Who holds the lock, read-only; None when there is no lock file (no sweep is writing, or it ended
+        cleanly). On this host a pid that is gone means a stale lock (a killed sweep); elsewhere the flock is
+        probed (the lock is taken for an instant only if nobody holds it)."""
+        try:
+            with open(self.lock_path) as fh:
+                words = fh.readline().split()
+                if not words:  # acquire has created it and is about to lock it and write its line
+                    return LockHolder("", -1, True)
+                host, _, pid = words[0].rpartition(":")
+                details = dict(w.split("=", 1) for w in words[1:] if "=" in w)
+                pid_n = int(pid) if pid.isdigit() else -1
+                if host == os.uname().nodename and pid_n > 0:
+                    return LockHolder(host, pid_n, _pid_alive(pid_n), details)
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return LockHolder(host, pid_n, True, details)
+                fcntl.flock(fh, fcntl.LOCK_UN)
+                return LockHolder(host, pid_n, False, details)
+        except FileNotFoundError:
+            return None
 
     def clean_stale(self) -> None:
         """A commit that was killed leaves its temporary file; the lock holder removes it."""

@@ -54,7 +54,8 @@ def run_config(cfg: SweepConfig, quiet: bool = False, source: str = "config", ho
     ready = checks.prepare(cfg, w, source, quiet)
     tracker = attach_tracker(hooks, cfg.tracking, cfg.experiment or Path(source).stem, ready.results.path)
     agree(w, lambda: _named(source, lambda: tracker.connect() if tracker is not None and w.rank == 0 else None))
-    agree(w, lambda: ready.results.acquire() if w.rank == 0 else None)
+    holder = {"ranks": w.size, "groups": layout.n_groups}  # for `hpcrobust status`'s estimate of the time left
+    agree(w, lambda: ready.results.acquire(holder) if w.rank == 0 else None)
     try:
         if w.rank == 0:
             ready.results.clean_stale()
