@@ -117,8 +117,8 @@ def test_bfloat16_trains_and_attacks_under_a_group_of_two_mpi_ranks(tiny):
 
 def _asr_paths(f: h5py.File) -> list[str]:
     out: list[str] = []
-    f.visititems(lambda name, obj: out.append(name) if isinstance(obj, h5py.Dataset) and name.endswith("/asr")
-                 else None)
+    f.visititems(lambda name, obj: out.append(name) if isinstance(obj, h5py.Dataset) and name.startswith("runs/")
+                 and name.endswith("/asr") else None)
     return out
 
 
