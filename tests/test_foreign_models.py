@@ -13,6 +13,7 @@ from hpcrobust.config import FamilyConfig, ModelConfig, TaskConfig
 from hpcrobust.models.loading import load_classifier
 from hpcrobust.parallel.comm import Comm
 from hpcrobust.tasks import load_task
+from hpcrobust.tasks.fit import Budget, Limit, fits
 from hpcrobust.tasks.placement import clean_ids, encode, leading_specials
 from hpcrobust.training.trainer import pad_batch, predict
 
@@ -92,6 +93,9 @@ def test_llama_style_tokenizer_starts_every_prompt_with_its_bos(tmp_path, family
     assert ids[: len(tok(ex.instructions)["input_ids"])] == tok(ex.instructions)["input_ids"]
     for placement in ("suffix", "prefix", "infix", "overwrite"):
         assert encode(tok, ex, placement).before[0] == bos, placement
+    # the context check counts the BOS once: it is in the sequence, not reserved again beside it
+    assert fits(ex, [Limit("llama", tok, len(ids))], Budget()) and not fits(ex, [Limit("llama", tok, len(ids) - 1)],
+                                                                         Budget())
 
     torch.manual_seed(0)
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
