@@ -156,7 +156,8 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(small):
 
 def test_the_plan_keeps_float32_training_state_for_bfloat16():
     """bf16 compute halves activations and caches; weights, gradients and optimizer state stay float32, so the
-    plan no longer halves them (it said bf16 "halves weights, gradients and state")."""
+    plan no longer halves them (it said bf16 "halves weights, gradients and state"). A size with
+    gradient_checkpointing is planned at its checkpointed peak."""
     import json
 
     from tests.conftest import ROOT
@@ -164,7 +165,9 @@ def test_the_plan_keeps_float32_training_state_for_bfloat16():
     pythia = ROOT / "configs" / "paper_pythia.yaml"
     plans = {}
     for dtype in ("float32", "bfloat16"):
-        proc = run_cli(["plan", str(pythia), "--json", "--gpu", "h100", "parallel.ranks_per_group=2",
+        ck = ["models.9.gradient_checkpointing=true"] if dtype == "bfloat16" else []
+        proc = run_cli(["plan", str(pythia), "--json", "--gpu", "h100", "parallel.ranks_per_group=2", *ck,
+                        "finetune.batch_size=256", "finetune.micro_batch_size=256",  # activations that count
                         *[f"models.{i}.torch_dtype={dtype}" for i in range(10)]], cwd=ROOT)
         assert proc.returncode == 0, proc.stderr
         plans[dtype] = json.loads(proc.stdout)
@@ -174,3 +177,10 @@ def test_the_plan_keeps_float32_training_state_for_bfloat16():
         assert ma["weights"] == 4 * a["n_params"]
         assert mb["activations"] == pytest.approx(ma["activations"] / 2)
     assert not any("TypeError" in w for w in plans["bfloat16"]["warnings"])  # the crash it warned of is fixed
+    last, other = plans["bfloat16"]["sizes"][9]["memory"], plans["bfloat16"]["sizes"][8]["memory"]
+    assert last["train_peak"] == last["train_peak_checkpointed"]  # the size that asks for checkpointing
+    assert other["train_peak"] > other["train_peak_checkpointed"]
+    # autocast's bf16 copy of the weights (2 bytes each) lives through a step, beside the float32 state
+    n = plans["bfloat16"]["sizes"][8]["n_params"]
+    assert other["train_peak"] == (other["weights"] + 2 * n + other["optimizer"]
+                                   + max(other["activations"], other["gradients"] + other["optimizer_scratch"]))
