@@ -39,7 +39,10 @@ def leading_specials(tokenizer) -> list[int]:
         return list(cached)
     bare = list(tokenizer.encode(_PROBE, add_special_tokens=False))
     full = list(tokenizer.encode(_PROBE, add_special_tokens=True))
-    lead = next((full[:i] for i in range(len(full) - len(bare) + 1) if full[i: i + len(bare)] == bare), [])
+    lead = next((full[:i] for i in range(len(full) - len(bare) + 1) if full[i: i + len(bare)] == bare), None)
+    if lead is None:  # the text itself tokenized differently: keep only a BOS in front, if that is what was added
+        bos = getattr(tokenizer, "bos_token_id", None)
+        lead = [bos] if bos is not None and full[:1] == [bos] and bare[:1] != [bos] else []
     try:
         tokenizer._hpcrobust_leading = tuple(lead)
     except AttributeError:  # a tokenizer that takes no attributes: compute it each time
