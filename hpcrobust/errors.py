@@ -9,6 +9,11 @@ class UserError(Exception):
     exit_code = 2
 
 
+class NonFiniteError(UserError):
+    """Training diverged (a non-finite loss or weight): one line naming run, round and what, exit 2, and the
+    round is not committed. The fix is in the config (a smaller learning rate, float32)."""
+
+
 class RankFailure(Exception):
     """Raised (test-only) to prove that an error on one rank ends every rank."""
 

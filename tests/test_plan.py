@@ -169,8 +169,10 @@ def test_warnings_name_the_fix(tmp_path):
     assert "pythia-12b does not fit" in text and "adafactor" in text  # AdamW state alone is 43 GiB
     assert "longer than the time limit" in text and "parallel.ranks_per_group" in text
     fp32 = json.loads(run_cli(["plan", str(pythia), "--json", "--gpu", "h100"], cwd=tmp_path).stdout)
-    text = "\n".join(fp32["warnings"])  # already Adafactor: float32 weights and gradients are what is left
-    assert "pythia-12b does not fit" in text and "torch_dtype bfloat16" in text and "optimizer adafactor" not in text
+    text = "\n".join(fp32["warnings"])  # already Adafactor: float32 weights and gradients are what is left, and
+    # bfloat16 compute keeps them float32 (master weights, models/precision.py), so it is not offered as a fix
+    assert "pythia-12b does not fit" in text and "optimizer adafactor" not in text
+    assert "torch_dtype bfloat16" not in text and "sharding the model" in text
     big = json.loads(run_cli(["plan", str(pythia), "--json", "--gpu", "h200"], cwd=tmp_path).stdout)
     assert not any("does not fit" in w for w in big["warnings"])
     idle = json.loads(run_cli(["plan", str(pythia), "--json", "launch.array_over=seeds", "launch.tasks_per_node=16",

@@ -14,11 +14,16 @@ from transformers import DynamicCache
 
 from hpcrobust.models.backoff import Backoff
 from hpcrobust.models.flops import ArchShape, FlopCount, FlopMeter, arch_shape, forward_flops
+from hpcrobust.models.precision import MASTER_DTYPE, compute_in, set_checkpoint_training
 from hpcrobust.models.pretrain import UNKNOWN, Pretraining
 
 
 class Classifier:
-    def __init__(self, hf_model: nn.Module, tokenizer, name: str, pretraining: Pretraining = UNKNOWN) -> None:
+    """`compute_dtype` is what the matrix products run in (autocast); the weights stay float32 (precision.py).
+    `checkpointing`: the decoder layers recompute their activations in the backward of training steps."""
+
+    def __init__(self, hf_model: nn.Module, tokenizer, name: str, pretraining: Pretraining = UNKNOWN,
+                 compute_dtype: torch.dtype = MASTER_DTYPE, checkpointing: bool = False) -> None:
         self.model = hf_model
         self.tokenizer = tokenizer
         self.name = name
@@ -31,6 +36,9 @@ class Classifier:
         self.meter = FlopMeter()
         self.backoff = Backoff()  # the run's remembered batch sizes (the sweep hands every round the run's own)
         self.pretraining = pretraining
+        self.compute_dtype = compute_dtype
+        self.checkpointing = checkpointing
+        self._recomputes = False  # checkpointed layers active (training steps only)
         params = inspect.signature(self.backbone.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
@@ -49,7 +57,11 @@ class Classifier:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.head.weight.dtype
+        """The compute dtype (what a BEAST sampler beside this model runs in)."""
+        return self.compute_dtype
+
+    def autocast(self):
+        return compute_in(self.device, self.compute_dtype)
 
     @property
     def embedding(self) -> nn.Embedding:
@@ -62,11 +74,19 @@ class Classifier:
         self.model.train(False)  # no dropout anywhere: numbers must not depend on the call pattern
         for p in self.model.parameters():
             p.requires_grad_(flag)
+        self._recomputes = flag and self.checkpointing
+        if self.checkpointing:
+            set_checkpoint_training(self.model, flag)
+
+    @property
+    def shares_prefix_in_training(self) -> bool:
+        """Checkpointed layers drop a key/value cache, so training then runs every row's whole sequence."""
+        return not self._recomputes
 
     # ------------------------------------------------------------ counted calls
     def _count(self, logits: torch.Tensor, fwd: FlopCount) -> torch.Tensor:
         self.meter.add(fwd)
-        self.meter.count_backward_on(logits, fwd, self.shape, self.weights_need_grad())
+        self.meter.count_backward_on(logits, fwd, self.shape, self.weights_need_grad(), recompute=self._recomputes)
         return logits
 
     def _head(self, hidden: torch.Tensor, last: torch.Tensor | None) -> torch.Tensor:
@@ -91,15 +111,16 @@ class Classifier:
             if prefix_len:
                 full = torch.cat([attention_mask.new_ones(b, prefix_len), attention_mask], dim=1)
             kwargs["attention_mask"] = full
-        hidden = self.backbone(**kwargs).last_hidden_state
         last = None
         real = None
         if attention_mask is not None:
             last = attention_mask.sum(dim=1) - 1
             real = int(attention_mask.sum()) + b * prefix_len
+        with self.autocast():
+            logits = self._head(self.backbone(**kwargs).last_hidden_state, last)
         fwd = forward_flops(self.shape, b, t, prefix_len + t, head_rows=b, full_len=prefix_len + t,
                             real_tokens=real)
-        return self._count(self._head(hidden, last), fwd)
+        return self._count(logits, fwd)
 
     def logits_shared_prefix(self, prefix: list[int], rest_ids: torch.Tensor, rest_mask: torch.Tensor
                              ) -> torch.Tensor:
@@ -112,14 +133,15 @@ class Classifier:
         b, t = rest_ids.shape
         p = len(prefix)
         cache = DynamicCache()
-        self.backbone(input_ids=torch.tensor([prefix], device=self.device), use_cache=True,
-                      **{self._cache_kw: cache})
-        kv = [(layer.keys.expand(b, -1, -1, -1), layer.values.expand(b, -1, -1, -1)) for layer in cache.layers]
-        batch_cache = DynamicCache(ddp_cache_data=kv)
         full_mask = torch.cat([rest_mask.new_ones(b, p), rest_mask], dim=1)
-        hidden = self.backbone(inputs_embeds=self.embedding(rest_ids), attention_mask=full_mask, use_cache=True,
-                               **{self._cache_kw: batch_cache}).last_hidden_state
-        logits = self._head(hidden, rest_mask.sum(dim=1) - 1)
+        with self.autocast():
+            self.backbone(input_ids=torch.tensor([prefix], device=self.device), use_cache=True,
+                          **{self._cache_kw: cache})
+            kv = [(layer.keys.expand(b, -1, -1, -1), layer.values.expand(b, -1, -1, -1)) for layer in cache.layers]
+            batch_cache = DynamicCache(ddp_cache_data=kv)
+            hidden = self.backbone(inputs_embeds=self.embedding(rest_ids), attention_mask=full_mask, use_cache=True,
+                                   **{self._cache_kw: batch_cache}).last_hidden_state
+            logits = self._head(hidden, rest_mask.sum(dim=1) - 1)
         rest = forward_flops(self.shape, b, t, p + t, head_rows=b, full_len=p + t,
                              real_tokens=int(rest_mask.sum()) + b * p)
         pre = forward_flops(self.shape, 1, p, p, head_rows=0)
@@ -132,7 +154,7 @@ class Classifier:
         if not before:
             return ()
         ids = torch.tensor([list(before)], device=self.device)
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             cache = DynamicCache()
             self.backbone(input_ids=ids, use_cache=True, **{self._cache_kw: cache})
         t = len(before)

@@ -7,14 +7,20 @@ from dataclasses import dataclass
 from hpcrobust.errors import UserError
 from hpcrobust.fields import build, setting
 
-DTYPE_NAMES = ("float32", "bfloat16", "float16")
+DTYPE_NAMES = ("float32", "bfloat16")
+FLOAT16_REFUSED = ("float16 is refused: training in float16 needs loss scaling, which hpcrobust does not do"
+                   " (without it the weights turn NaN); use bfloat16 (float32 master weights, bfloat16 compute)"
+                   " or float32")
 
 
 @dataclass
 class ModelConfig:
     name_or_path: str = setting("builtin:s", doc="builtin:<size>, a local HF directory, or a hub id in the HF cache")
     revision: str = setting("", doc="HF revision (empty = default; refused for built-in sizes)")
-    torch_dtype: str = setting("float32", choices=DTYPE_NAMES, doc="weights and compute dtype")
+    torch_dtype: str = setting("float32", choices=DTYPE_NAMES, doc="compute dtype; weights, gradients and optimizer"
+                               " state stay float32 (bfloat16 = autocast with float32 master weights)")
+    gradient_checkpointing: bool = setting(False, doc="recompute each decoder layer's activations in the backward"
+                                           " of training (less memory, about a third more training compute)")
     trust_remote_code: bool = setting(False, doc="let HF run code from the model folder (off by default)")
     pretrain_flops: float = setting(0.0, lo=0.0, doc="pretraining compute when it is not known (0 = look it up)")
     rounds: int = setting(-1, lo=-1, doc="adversarial rounds for this size (-1 = advtrain.rounds)")
@@ -34,6 +40,8 @@ class ModelConfig:
             value = {"name_or_path": value}
         if not isinstance(value, dict):
             raise UserError(f"{key}: expected a mapping, got {type(value).__name__}")
+        if value.get("torch_dtype") == "float16":
+            raise UserError(f"{key}.torch_dtype: {FLOAT16_REFUSED}")
         m = build(cls, value, key)
         if m.is_builtin and m.revision:
             raise UserError(f"{key}.revision: built-in sizes have no revisions; remove it")

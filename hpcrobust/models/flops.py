@@ -43,12 +43,23 @@ class ArchShape:
     """What the actual-FLOP formula needs to know about a decoder stack."""
 
     n_params: int  # N for the nominal convention: every parameter of the model
-    layer_linear_params: int  # weights of all nn.Linear inside the decoder layers
+    layer_linear_params: int  # weights of all nn.Linear (and HF Conv1D) inside the decoder layers
     n_layers: int
     hidden: int  # query width (heads x head_dim) used in attention matmuls
     kv_hidden: int
     n_labels_head: int  # output rows of the head (2 for a classifier, vocab for an LM)
     head_in: int  # input width of the head
+
+
+def _is_dense(m: nn.Module) -> bool:
+    """A weight matrix applied to every token: nn.Linear, or transformers' Conv1D (GPT-2's transposed linear)."""
+    if isinstance(m, nn.Linear):
+        return True
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers without Conv1D
+        return False
+    return isinstance(m, Conv1D)
 
 
 def arch_shape(model: nn.Module, backbone: nn.Module, head: nn.Linear) -> ArchShape:
@@ -60,7 +71,7 @@ def arch_shape(model: nn.Module, backbone: nn.Module, head: nn.Linear) -> ArchSh
             break
     if layers is None:
         raise ValueError("cannot find the decoder layers of this model")
-    linear = sum(m.weight.numel() for m in layers.modules() if isinstance(m, nn.Linear))
+    linear = sum(m.weight.numel() for m in layers.modules() if _is_dense(m))
     hidden = cfg.hidden_size
     n_heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or hidden // n_heads
@@ -94,9 +105,10 @@ def forward_flops(a: ArchShape, batch: int, q_len: int, kv_len: int, head_rows: 
                      forward_tokens=nominal_tokens)
 
 
-def backward_flops(fwd: FlopCount, a: ArchShape, weights_need_grad: bool) -> FlopCount:
-    """Backward of a forward: input grads always, weight grads when the weights are trained."""
-    factor = 2 if weights_need_grad else 1
+def backward_flops(fwd: FlopCount, a: ArchShape, weights_need_grad: bool, recompute: bool = False) -> FlopCount:
+    """Backward of a forward: input grads always, weight grads when the weights are trained, and the forward
+    once more (actual only) when checkpointed layers recompute their activations."""
+    factor = (2 if weights_need_grad else 1) + (1 if recompute else 0)
     return FlopCount(nominal=2 * fwd.nominal, actual=factor * fwd.actual,
                      backward_tokens=fwd.forward_tokens)
 
@@ -110,11 +122,12 @@ class FlopMeter:
     def add(self, c: FlopCount) -> None:
         self.total.add(c)
 
-    def count_backward_on(self, out: torch.Tensor, fwd: FlopCount, a: ArchShape, weights_need_grad: bool) -> None:
+    def count_backward_on(self, out: torch.Tensor, fwd: FlopCount, a: ArchShape, weights_need_grad: bool,
+                          recompute: bool = False) -> None:
         """Count the backward when (and only when) a gradient really flows through `out`."""
         if not out.requires_grad:
             return
-        bwd = backward_flops(fwd, a, weights_need_grad)
+        bwd = backward_flops(fwd, a, weights_need_grad, recompute)
 
         def hook(grad: torch.Tensor) -> torch.Tensor:
             self.add(bwd)

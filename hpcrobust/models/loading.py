@@ -19,11 +19,12 @@ from hpcrobust.models import family
 from hpcrobust.models.classifier import Classifier
 from hpcrobust.models.config import FamilyConfig, ModelConfig, model_label
 from hpcrobust.models.determinism import make_thread_invariant
+from hpcrobust.models.precision import COMPUTE_DTYPES, MASTER_DTYPE, enable_checkpointing
 from hpcrobust.models.pretrain import Pretraining, public_family
 from hpcrobust.rng import torch_generator
 
 META_FILE = "hpcrobust_model.json"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # by name (the planner)
 
 
 @dataclass(frozen=True)
@@ -114,14 +115,17 @@ def pretraining(m: ModelConfig, r: Resolved, fam: FamilyConfig, hf_config, n_bac
 
 
 def load_classifier(m: ModelConfig, fam: FamilyConfig, device: torch.device, seed: int) -> Classifier:
-    """The classifier for one run; a fresh head is drawn from a stream keyed by (seed, model)."""
+    """The classifier for one run; a fresh head is drawn from a stream keyed by (seed, model).
+
+    The weights load as float32 whatever `torch_dtype` says: that is the compute dtype (models/precision.py).
+    """
     _quiet_transformers()
     from transformers import AutoModelForSequenceClassification
 
     r = resolve(m, fam)
     hf = AutoModelForSequenceClassification.from_pretrained(
         r.path, num_labels=2, local_files_only=True, trust_remote_code=m.trust_remote_code,
-        revision=m.revision or None, dtype=DTYPES[m.torch_dtype], use_safetensors=None)
+        revision=m.revision or None, dtype=MASTER_DTYPE, use_safetensors=None)
     tok = load_tokenizer(r.path, m)
     hf.config.pad_token_id = tok.pad_token_id
     make_thread_invariant(hf)
@@ -137,7 +141,10 @@ def load_classifier(m: ModelConfig, fam: FamilyConfig, device: torch.device, see
                 hf.score.bias.zero_()
     n_body = sum(p.numel() for n, p in hf.named_parameters() if not n.startswith("score."))
     emb = hf.get_input_embeddings().weight.numel()
-    clf = Classifier(hf.to(device), tok, model_label(m), pretraining(m, r, fam, hf.config, n_body, emb))
+    if m.gradient_checkpointing:
+        enable_checkpointing(hf, model_label(m))
+    clf = Classifier(hf.to(device), tok, model_label(m), pretraining(m, r, fam, hf.config, n_body, emb),
+                     compute_dtype=COMPUTE_DTYPES[m.torch_dtype], checkpointing=m.gradient_checkpointing)
     clf.set_trainable(False)
     return clf
 

@@ -47,6 +47,31 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+GPU_ENV = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE", "CUDA_VISIBLE_DEVICES")
+
+
+def granted_gpus() -> str:
+    """`NAME=value` of the first variable saying that this node was given GPUs ('' when none says so)."""
+    for name in GPU_ENV:
+        value = os.environ.get(name, "").strip()
+        if value and value not in ("-1", "NoDevFiles", "none") and not (name == "SLURM_GPUS_ON_NODE" and value == "0"):
+            return f"{name}={value}"
+    return ""
+
+
+def check_gpus_usable(kind: str) -> None:
+    """`auto` on a node that was given GPUs but where torch sees none would silently train on the CPU, many
+    times slower: a CPU-only torch build, or a driver that does not load. Say so before any work."""
+    if kind != "auto" or torch.cuda.is_available():
+        return
+    granted = granted_gpus()
+    if granted:
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise UserError(f"parallel.device: auto: this node has GPUs ({granted}) but torch ({torch.__version__},"
+                        f" {build}) sees no CUDA device; install a CUDA build of torch or check the driver, or set"
+                        f" parallel.device: cpu to run on the CPU anyway")
+
+
 def pick_device(kind: str, local_rank: int) -> torch.device:
     if kind == "cpu":
         return torch.device("cpu")
@@ -63,6 +88,7 @@ def check_parallel(cfg: ParallelConfig, world_size: int) -> None:
                         f" {world_size} ranks")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError("parallel.device: cuda was asked for but no CUDA device is visible")
+    check_gpus_usable(cfg.device)
 
 
 def make_layout(cfg: ParallelConfig) -> Layout:

@@ -111,8 +111,9 @@ class ModelArch:
     largest_param: int  # elements of the largest single tensor (an optimizer's per-tensor scratch)
     matrix_dims: list[tuple[int, int]]  # (rows, cols) of every 2-D parameter (Adafactor's factored state)
     vector_params: int  # elements of 1-D parameters
-    dtype: str
+    dtype: str  # compute dtype: activations and caches; weights, gradients and optimizer state are float32
     path: str  # resolved folder or hub id (for the tokenizer)
+    checkpointing: bool = False  # models.N.gradient_checkpointing
 
     @property
     def n_params(self) -> int:
@@ -198,7 +199,7 @@ _CACHE: dict[tuple, ModelArch] = {}
 def model_arch(m: ModelConfig, fam: FamilyConfig, causal_lm: bool = False, key: str = "model") -> ModelArch:
     """The classifier a run trains and attacks (or, with `causal_lm`, the LM BEAST samples from); `key` names it
     in errors."""
-    cache_key = (m.name_or_path, m.revision, m.torch_dtype, causal_lm,
+    cache_key = (m.name_or_path, m.revision, m.torch_dtype, m.gradient_checkpointing, causal_lm,
                  json.dumps(fam.__dict__, sort_keys=True, default=str))
     if cache_key in _CACHE:
         return _CACHE[cache_key]
@@ -216,6 +217,7 @@ def model_arch(m: ModelConfig, fam: FamilyConfig, causal_lm: bool = False, key: 
         intermediate=int(getattr(cfg, "intermediate_size", 4 * cfg.hidden_size)), vocab=int(cfg.vocab_size),
         largest_param=max(math.prod(p) for p in params),
         matrix_dims=[(p[0], math.prod(p) // p[0]) for p in params if len(p) >= 2],
-        vector_params=sum(math.prod(p) for p in params if len(p) < 2), dtype=m.torch_dtype, path=str(path))
+        vector_params=sum(math.prod(p) for p in params if len(p) < 2), dtype=m.torch_dtype, path=str(path),
+        checkpointing=m.gradient_checkpointing and not causal_lm)
     _CACHE[cache_key] = arch
     return arch

@@ -42,10 +42,11 @@ def memory_warnings(cfg: SweepConfig, plan: Plan) -> list[str]:
                              f" {cfg.finetune.micro_batch_size})")
             if cfg.finetune.optimizer == "adamw" or cfg.advtrain.optimizer == "adamw":
                 fixes.append(f"optimizer adafactor (AdamW state {gib(mem.optimizer)})")
-            if s.dtype == "float32":
-                fixes.append("torch_dtype bfloat16 (halves weights, gradients and state)")
+            if s.dtype == "float32" and mem.activations > 0.25 * mem.train_peak:
+                fixes.append("torch_dtype bfloat16 (halves activations; weights, gradients and optimizer state stay"
+                             " float32)")
             if mem.train_peak_checkpointed <= usable < mem.train_peak:
-                fixes.append(f"gradient checkpointing ({gib(mem.train_peak_checkpointed)}; not in the run yet)")
+                fixes.append(f"gradient_checkpointing: true for this size ({gib(mem.train_peak_checkpointed)})")
             if mem.weights + mem.gradients + mem.optimizer > usable:
                 fixes.append("a larger GPU, or sharding the model (FSDP; not in the run yet: every rank holds the"
                              " whole model)")
@@ -106,9 +107,6 @@ def warnings_for(cfg: SweepConfig, plan: Plan, runs: dict[str, RunPlan]) -> tupl
         for p in rr.phases:
             if p.note.startswith("no FLOP model") and p.note not in warns:
                 warns.append(f"{p.name}: {p.note}")
-    if cfg.parallel.ranks_per_group > 1 and any(m.torch_dtype == "bfloat16" for m in cfg.models):
-        warns.append("parallel.ranks_per_group > 1 with bfloat16 models: the run sums gradients through numpy,"
-                     " which has no bfloat16 (trainer._flat_grad); expect a TypeError at the first training step")
     if plan.device.gpu and not cfg.launch.gpus_per_node:
         notes.append("launch.gpus_per_node is 0: `submit` would ask SLURM for no GPU; times are for"
                      f" {plan.device.name} as stated")

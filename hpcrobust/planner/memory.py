@@ -4,6 +4,10 @@ Training (trainer.train: fixed micro-batches, a fresh optimizer per call, gradie
 
     weights + optimizer state + max(activations, gradients + optimizer scratch)
     (+ gradients during the activations, when a rank runs more than one micro-batch per step)
+    (+ autocast's low-precision copy of the weights during a bfloat16 forward/backward)
+
+Weights, gradients and optimizer state are float32 whatever the compute dtype (models/precision.py);
+activations, caches and a BEAST sampler's weights are in the compute dtype.
 
 Attack scoring (ScoringEngine, no gradients):
 
@@ -12,8 +16,9 @@ Attack scoring (ScoringEngine, no gradients):
 
 Activations per token follow the layer's own code, with coefficients fitted to memory profiles of
 transformers' GPT-NeoX and Qwen2 layers on CPU (float32; tests/test_plan.py measures them again). Nothing
-is sharded: every rank of a group holds the whole model, the group only splits micro-batches and chunks. The
-run has no gradient checkpointing; the plan shows what it would save (only each layer's input is kept).
+is sharded: every rank of a group holds the whole model, the group only splits micro-batches and chunks. With
+models.N.gradient_checkpointing only each layer's input is kept; the plan shows both peaks and uses the one
+the config asks for.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from hpcrobust.planner.tokens import TaskTokens
 from hpcrobust.training.trainer import MIN_SHARED_PREFIX
 
 GiB = 1024 ** 3
+MASTER_BYTES = 4  # float32 master weights, gradients and optimizer state
 MAX_CACHED_EXAMPLES = 64  # ScoringEngine's prefix caches per engine
 
 
@@ -82,9 +88,9 @@ class MemoryPlan:
 
 
 def optimizer_bytes(m: ModelArch, optimizer: str) -> tuple[float, float]:
-    """(state, scratch during a step): AdamW keeps two moments in the parameters' dtype; Adafactor keeps
-    factored float32 second moments (rows + columns of each matrix) and upcasts one tensor at a time."""
-    b = m.dtype_bytes
+    """(state, scratch during a step): AdamW keeps two float32 moments; Adafactor keeps factored float32 second
+    moments (rows + columns of each matrix) and works on one tensor at a time."""
+    b = MASTER_BYTES
     if optimizer == "adafactor":
         state = 4 * (sum(r + c for r, c in m.matrix_dims) + m.vector_params)
         return state, 4 * 4 * m.largest_param
@@ -162,8 +168,9 @@ def plan_memory(cfg: SweepConfig, m: ModelArch, tt: TaskTokens, sampler_of, on_c
     """The peak of one rank holding model `m`; `sampler_of(attack)` gives BEAST's sampler ModelArch (or None)."""
     ft, adv, par = cfg.finetune, cfg.advtrain, cfg.parallel
     g = par.ranks_per_group
-    b = m.dtype_bytes
+    b = MASTER_BYTES
     weights = grads = m.n_params * b
+    cast = m.n_params * m.dtype_bytes if m.dtype_bytes < b else 0.0  # autocast keeps the cast weights per step
     adversarial = adv.rounds > 0 and bool(cfg.train_attacks)
     opt_name = "adamw" if "adamw" in {ft.optimizer, adv.optimizer if adversarial else ft.optimizer} else "adafactor"
     opt, scratch = optimizer_bytes(m, opt_name)
@@ -180,7 +187,7 @@ def plan_memory(cfg: SweepConfig, m: ModelArch, tt: TaskTokens, sampler_of, on_c
     several = math.ceil(n_mb / g) > 1  # gradients stay allocated through a rank's later micro-batches
 
     def peak(a: float) -> float:
-        return weights + opt + (grads + a if several else max(a, grads + scratch))
+        return weights + cast + opt + (grads + a if several else max(a, grads + scratch))
 
     host = (n_mb + 1) * m.n_params * 4 if g > 1 else 0.0
     val = tt.val.clean()
@@ -193,5 +200,6 @@ def plan_memory(cfg: SweepConfig, m: ModelArch, tt: TaskTokens, sampler_of, on_c
         total = weights + extra + caches + max(work, grad)
         if total > scoring:
             scoring, what, parts = total, a.name, (extra, caches, max(work, grad))
-    return MemoryPlan(weights, grads, opt, scratch, act, act_ck, peak(act), peak(act_ck), host, parts[0], parts[1],
+    train = peak(act_ck) if m.checkpointing else peak(act)
+    return MemoryPlan(weights, grads, opt, scratch, act, act_ck, train, peak(act_ck), host, parts[0], parts[1],
                       parts[2], scoring, what)

@@ -92,7 +92,8 @@ def markdown(plan: Plan, cal: Calibration | None = None) -> str:
     lines += [f"- `{a}` runs in " + ", ".join(f"{s.attack_rounds[a]} of {s.rounds + 1} rounds ({s.label})"
                                               for s in plan.sizes) + " (attacks.N.rounds)" for a in picked]
     lines += [""] if picked else []
-    lines += [f"### Peak memory per rank ({', '.join(dtypes)}; every rank holds the whole model)", ""]
+    kinds = ", ".join(dtypes) if dtypes == ["float32"] else f"{', '.join(dtypes)} compute, float32 weights and state"
+    lines += [f"### Peak memory per rank ({kinds}; every rank holds the whole model)", ""]
     rows = []
     for s in plan.sizes:
         m = s.memory
@@ -102,7 +103,7 @@ def markdown(plan: Plan, cal: Calibration | None = None) -> str:
                      fit])
     lines += _table(["size", "weights", "gradients", "optimizer", "activations", "training peak",
                      "with checkpointing²", "scoring peak (largest)", "fits"], rows)
-    lines += ["", f"² per-layer activation checkpointing, which the run does not have yet. Usable per device:"
+    lines += ["", f"² per-layer activation checkpointing (models.N.gradient_checkpointing). Usable per device:"
               f" {gib(plan.device.usable_bytes()) if plan.device.memory_gib else 'not stated'}.", ""]
     lines += [f"### Time on {plan.device.name}", ""]
     rows = [[s.label, _utilisation(s.utilisation), duration(s.round_s[0]),

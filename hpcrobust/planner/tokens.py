@@ -18,6 +18,7 @@ from hpcrobust.models import family
 from hpcrobust.models.config import FamilyConfig, ModelConfig
 from hpcrobust.models.loading import load_tokenizer, resolve
 from hpcrobust.tasks.base import Example, TaskData
+from hpcrobust.tasks.placement import leading_specials
 
 CHARS_PER_TOKEN = 4
 
@@ -123,12 +124,13 @@ def estimated_split(examples: list[Example]) -> SplitTokens:
 def split_tokens(tokenizer, examples: list[Example]) -> SplitTokens:
     if isinstance(tokenizer, CharEstimate):
         return estimated_split(examples)
+    lead = leading_specials(tokenizer)  # a BOS, counted with the instructions as encode() does
     li, ii = _lengths(tokenizer, [e.instructions for e in examples])
     lc, ic = _lengths(tokenizer, [e.content for e in examples])
     ls, is_ = _lengths(tokenizer, [e.slot for e in examples])
     la, ia = _lengths(tokenizer, [e.answer_prompt for e in examples])
-    rows = [a + b + c + d for a, b, c, d in zip(ii, ic, is_, ia, strict=True)]
-    return SplitTokens(li, lc, ls, la, _common_prefix(rows))
+    rows = [lead + a + b + c + d for a, b, c, d in zip(ii, ic, is_, ia, strict=True)]
+    return SplitTokens(li + len(lead), lc, ls, la, _common_prefix(rows))
 
 
 def tokenizer_for(m: ModelConfig, fam: FamilyConfig) -> tuple[object | None, str]:

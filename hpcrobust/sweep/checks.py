@@ -16,6 +16,7 @@ from hpcrobust.config import SweepConfig, science_hash, to_dict
 from hpcrobust.errors import UserError
 from hpcrobust.models import family
 from hpcrobust.models.loading import model_config, resolve
+from hpcrobust.models.precision import check_checkpointing
 from hpcrobust.parallel.collectives import agree
 from hpcrobust.parallel.comm import Comm
 from hpcrobust.store.results import ResultsFile
@@ -31,6 +32,8 @@ def vocab_sizes(cfg: SweepConfig) -> list[int]:
     sizes = []
     for i, m in enumerate(cfg.models):
         hf = model_config(m, cfg.family, f"models.{i}", f"models.{i}.trust_remote_code")
+        if hf is not None and m.gradient_checkpointing:
+            check_checkpointing(hf, f"models.{i}")
         sizes.append(cfg.family.vocab_size if hf is None else int(hf.vocab_size))
     return sizes
 

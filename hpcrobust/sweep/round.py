@@ -21,6 +21,7 @@ import numpy as np
 from hpcrobust.attacks.base import run_attack
 from hpcrobust.attacks.engine import ScoringEngine
 from hpcrobust.attacks.evaluate import encode_examples, evaluate
+from hpcrobust.errors import NonFiniteError
 from hpcrobust.log import log
 from hpcrobust.models.classifier import Classifier
 from hpcrobust.models.config import model_label
@@ -44,11 +45,16 @@ def run_round(ctx: SweepContext, run: RunSpec, rnd: int, tables: dict) -> RoundS
     lay = ctx.layout
     clf = checkpoint.load_model(ctx, run, rnd)
     clf.backoff = ctx.backoff(run)
-    if rnd == 0:
-        pool, scalars = Pool(), finetune(ctx, clf, run)
-    else:
-        pool, prev_cum = checkpoint.load_state(ctx, run, rnd - 1)
-        scalars = adversarial(ctx, clf, run, rnd, pool, prev_cum)
+    try:
+        if rnd == 0:
+            pool, scalars = Pool(), finetune(ctx, clf, run)
+        else:
+            pool, prev_cum = checkpoint.load_state(ctx, run, rnd - 1)
+            scalars = adversarial(ctx, clf, run, rnd, pool, prev_cum)
+    except NonFiniteError as exc:  # nothing of this round is committed; earlier rounds stay
+        phase = "fine-tuning" if rnd == 0 else "adversarial training"
+        raise NonFiniteError(f"run {run.key} round {rnd}: {phase} diverged: {exc}; lower the learning rate"
+                             f" or use torch_dtype float32") from None
     pred, acc = clean_accuracy(ctx, clf)
     scalars[S.CLEAN_ACCURACY] = acc
     log(f"{run.key} round {rnd}: clean accuracy {acc:.3f} train loss {scalars[S.TRAIN_LOSS]:.3f}"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 from hpcrobust.errors import UserError
 from hpcrobust.tasks.base import Example, TaskData
-from hpcrobust.tasks.placement import clean_ids
+from hpcrobust.tasks.placement import clean_ids, leading_specials
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,9 @@ class Budget:
 
 
 def _special(tokenizer) -> int:
+    """Special tokens the tokenizer would add that `clean_ids` does not already hold (its leading BOS it does)."""
     fn = getattr(tokenizer, "num_special_tokens_to_add", None)
-    return int(fn(pair=False)) if fn is not None else 0
+    return max(0, int(fn(pair=False)) - len(leading_specials(tokenizer))) if fn is not None else 0
 
 
 def fits(ex: Example, limits: list[Limit], budget: Budget) -> bool:

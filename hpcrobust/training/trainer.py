@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hpcrobust.errors import NonFiniteError
 from hpcrobust.models.classifier import Classifier
 from hpcrobust.models.flops import FlopCount
 from hpcrobust.parallel.collectives import my_share, share_indexed, sum_gradients_in_order
@@ -78,7 +79,7 @@ def batch_shape(seqs: list[list[int]]) -> tuple[int, int]:
 def batch_logits(clf: Classifier, seqs: list[list[int]], shape: tuple[int, int] | None = None) -> torch.Tensor:
     """Logits for a micro-batch; a prefix shared by every row (the instructions) is computed once."""
     p, width = shape or batch_shape(seqs)
-    if p:
+    if p and clf.shares_prefix_in_training:
         ids, mask = pad_batch([s[p:] for s in seqs], clf.tokenizer.pad_token_id, clf.device, width - p)
         return clf.logits_shared_prefix(seqs[0][:p], ids, mask)
     ids, mask = pad_batch(seqs, clf.tokenizer.pad_token_id, clf.device, width)
@@ -130,7 +131,8 @@ def epoch_order(n: int, epochs: float, batch_size: int, seed: int, key: tuple) -
 
 
 def _flat_grad(params: list[torch.nn.Parameter]) -> np.ndarray:
-    return torch.cat([p.grad.reshape(-1) for p in params]).detach().cpu().numpy()
+    """float32 for numpy and MPI (the master weights' gradients already are: models/precision.py)."""
+    return torch.cat([p.grad.reshape(-1) for p in params]).detach().float().cpu().numpy()
 
 
 def _set_grad(params: list[torch.nn.Parameter], flat: np.ndarray) -> None:
@@ -142,9 +144,18 @@ def _set_grad(params: list[torch.nn.Parameter], flat: np.ndarray) -> None:
         off += n
 
 
+def check_finite_weights(clf: Classifier) -> None:
+    bad = [n for n, p in clf.model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise NonFiniteError(f"{len(bad)} weight tensor(s) are not finite after training (first: {bad[0]})")
+
+
 def train(clf: Classifier, seqs: list[list[int]], labels: list[int], spec: TrainSpec, group: Comm,
           seed: int, key: tuple) -> TrainResult:
-    """Train in place; returns the mean training loss and the FLOPs the group spent (all ranks)."""
+    """Train in place; returns the mean training loss and the FLOPs the group spent (all ranks).
+
+    A non-finite step loss or weight raises NonFiniteError (the group's ranks see the same numbers, so all raise).
+    """
     order = epoch_order(len(seqs), spec.epochs, spec.batch_size, seed, key)
     n_steps = len(order) // spec.batch_size
     before = clf.meter.total.snapshot()
@@ -181,10 +192,14 @@ def train(clf: Classifier, seqs: list[list[int]], labels: list[int], spec: Train
         if group.size > 1:
             _set_grad(params, sum_gradients_in_order(group, grads))
             losses = share_indexed(group, losses)
-        loss_sum += sum(losses[k] for k in sorted(losses))
+        step_loss = sum(losses[k] for k in sorted(losses))
+        if not math.isfinite(step_loss):
+            raise NonFiniteError(f"the training loss is {step_loss} at step {step + 1} of {n_steps}")
+        loss_sum += step_loss
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+    check_finite_weights(clf)
     clf.set_trainable(False)
     spent = clf.meter.total.since(before)
     return TrainResult(loss_sum / n_steps, n_steps, n_steps * spec.batch_size, spent)
