@@ -275,3 +275,13 @@ def test_the_readme_shows_the_output_as_it_is():
                      section, re.M)
     assert re.search(r"^run +rounds +ckpt +acc +ASR ", section, re.M)
     assert re.search(r"^round +runs +wall/run +wall sum +device-h +ASR ", section, re.M)
+
+
+def test_status_loads_neither_torch_nor_mpi4py():
+    """A login node reads a sweep's status in a moment: no torch, no MPI."""
+    import sys
+
+    code = ("import sys; from hpcrobust.cli import build_parser; from hpcrobust.launch import status_view;"
+            " build_parser(); print(sorted({'torch', 'mpi4py', 'transformers'} & set(sys.modules)))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
