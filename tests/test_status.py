@@ -22,8 +22,8 @@ from hpcrobust.store.reader import committed_rounds, load, load_attacks
 from hpcrobust.store.results import TRANSFER_KEY, ResultsFile
 from tests.conftest import TINY, hpcrobust_cmd, run_cli
 
-SWEEP = ["seeds=[0]", "train_attacks=[{name: rt_train, type: random_token, n_attack_tokens: 5}]",
-         "advtrain.rounds=2", "advtrain.attack=rt_train", "advtrain.n_new_examples=12", "advtrain.max_examples=48",
+SWEEP = ["seeds=[0]", "task.n_train=96", "train_attacks=[{name: rt_train, type: random_token, n_attack_tokens: 5}]",
+         "advtrain.rounds=2", "advtrain.attack=rt_train", "advtrain.n_new_examples=8", "advtrain.max_examples=24",
          "advtrain.iterations_start=4", "advtrain.iterations_end=12", "advtrain.lr=1e-3", "experiment=statusdemo"]
 RUNS = ["xs__seed0", "s__seed0"]
 
@@ -148,7 +148,14 @@ def test_lock_holders_alive_killed_and_elsewhere(sweep, tmp_path, monkeypatch):
         st = collect(path)
         assert st.state == "running" and st.holder.pid == os.getpid() and st.groups == 2
         assert all(r.cells == [COMMITTED, RUNNING, WAITING] for r in st.runs)
-        assert st.left_s == pytest.approx(st.work_left_s / 2)
+        # the rounds running now (round 1 of each run) have spent the seconds since the attempt started
+        assert st.work_left_s / 2 - 10 < st.left_s <= st.work_left_s / 2
+        w0 = sum(r.rounds[0]["wall"] for r in st.runs)
+        long_ago = time.time() - 10 * w0
+        os.utime(path, (long_ago, long_ago))
+        os.utime(rf.lock_path, (long_ago, long_ago))
+        st = collect(path)  # round 1 should be done by now: only round 2 is left, over 2 groups
+        assert st.work_left_s == pytest.approx(2 * w0) and st.left_s == pytest.approx(w0 / 2)
         rf.lock_path.write_text("elsewhere:12345 groups=1\n")  # another host: the flock (still ours) decides
         st = collect(path)
         assert st.state == "running" and st.holder.host == "elsewhere" and st.holder.alive
@@ -268,3 +275,13 @@ def test_the_readme_shows_the_output_as_it_is():
                      section, re.M)
     assert re.search(r"^run +rounds +ckpt +acc +ASR ", section, re.M)
     assert re.search(r"^round +runs +wall/run +wall sum +device-h +ASR ", section, re.M)
+
+
+def test_status_loads_neither_torch_nor_mpi4py():
+    """A login node reads a sweep's status in a moment: no torch, no MPI."""
+    import sys
+
+    code = ("import sys; from hpcrobust.cli import build_parser; from hpcrobust.launch import status_view;"
+            " build_parser(); print(sorted({'torch', 'mpi4py', 'transformers'} & set(sys.modules)))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

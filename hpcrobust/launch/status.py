@@ -14,6 +14,7 @@ Each (run, round) cell is one of:
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,17 +181,17 @@ def _cells(run: RunStatus, state: str) -> list[str]:
     return [COMMITTED if r in run.rounds else (mark if r == nxt else WAITING) for r in range(run.planned + 1)]
 
 
-def estimate(runs: list[RunStatus]) -> float | None:
-    """Run-seconds of the rounds not committed: each one costs the mean wall time of its size's committed rounds
-    of the same kind (round 0 fine-tunes, later rounds train adversarially), else of any size's, else of the
-    other kind. None when no round says how long it took."""
+def estimate(runs: list[RunStatus]) -> dict[tuple[str, int], float] | None:
+    """Run-seconds of each round not committed: the mean wall time of its size's committed rounds of the same
+    kind (round 0 fine-tunes, later rounds train adversarially), else of any size's, else of the other kind.
+    None when no round says how long it took."""
     def mean(walls: list[float]) -> float | None:
         return statistics.fmean(walls) if walls else None
 
     def walls(pool: list[RunStatus], first: bool) -> list[float]:
         return [d["wall"] for r in pool for k, d in r.rounds.items() if (k == 0) == first and d["wall"] is not None]
 
-    total = 0.0
+    out = {}
     for run in runs:
         size = [r for r in runs if r.label == run.label]
         for rnd in range(run.planned + 1):
@@ -201,8 +202,22 @@ def estimate(runs: list[RunStatus]) -> float | None:
                                       mean(walls(runs, not kind))) if g is not None), None)
             if guess is None:
                 return None
-            total += guess
-    return total
+            out[(run.key, rnd)] = guess
+    return out
+
+
+def _time_left(st: SweepStatus, lock_mtime: float | None, now: float) -> None:
+    """Run-seconds left, and wall-clock seconds: divided among the groups, less what the rounds running now have
+    already spent since this attempt's last commit (or its start, when it has not committed yet)."""
+    each = estimate(st.runs)
+    if each is None:
+        return
+    st.work_left_s = sum(each.values())
+    par = max(1, min(st.groups, sum(1 for r in st.runs if not r.finished)))
+    running = sum(t for (key, rnd), t in each.items()
+                  if next(r for r in st.runs if r.key == key).cells[rnd] == RUNNING)
+    spent = now - max(st.last_commit, lock_mtime or 0.0) if running else 0.0
+    st.left_s = max(0.0, running / par - spent) + (st.work_left_s - running) / par
 
 
 def collect(path: str | Path, job_id: str = "") -> SweepStatus:
@@ -227,11 +242,15 @@ def collect(path: str | Path, job_id: str = "") -> SweepStatus:
     if state == "running" and holder is not None and holder.details.get("groups", "").isdigit():
         groups = max(1, int(holder.details["groups"]))
     st = SweepStatus(rf.path, experiment, attacks, runs, state, why, holder, job, mtime, groups)
-    st.work_left_s = estimate(runs)
-    if st.work_left_s is not None:
-        active = sum(1 for r in runs if not r.finished)
-        st.left_s = st.work_left_s / max(1, min(groups, active))
+    _time_left(st, _mtime(rf.lock_path), time.time())
     return st
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
 
 
 def device_hours(runs: list[RunStatus], rnd: int) -> float | None:

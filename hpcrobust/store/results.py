@@ -197,8 +197,8 @@ class ResultsFile:
 
     def holder(self) -> LockHolder | None:
         """Who holds the lock, read-only; None when there is no lock file (no sweep is writing, or it ended
-        cleanly). On this host a pid that is gone means a stale lock (a killed sweep); elsewhere the flock is
-        probed (the lock is taken for an instant only if nobody holds it)."""
+        cleanly) or it cannot be read. On this host a pid that is gone means a stale lock (a killed sweep);
+        elsewhere the flock is probed (the lock is taken for an instant only if nobody holds it)."""
         try:
             with open(self.lock_path) as fh:
                 words = fh.readline().split()
@@ -215,7 +215,7 @@ class ResultsFile:
                     return LockHolder(host, pid_n, True, details)
                 fcntl.flock(fh, fcntl.LOCK_UN)
                 return LockHolder(host, pid_n, False, details)
-        except FileNotFoundError:
+        except OSError:  # no lock file (or one that cannot be read or locked here): nothing known about a holder
             return None
 
     def clean_stale(self) -> None:
