@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from hpcrobust.models.classifier import Classifier
+from hpcrobust.parallel.distributed import TorchGroup, all_gather_rows
 from hpcrobust.tasks.placement import Encoded
 
 
@@ -118,3 +119,24 @@ class ScoringEngine:
         """Any number of candidates, in the engine's fixed chunks."""
         parts = [self.score_chunk(key, enc, self.chunk_rows(cands, j)) for j in range(self.n_chunks(len(cands)))]
         return Scores(np.concatenate([p.losses for p in parts]), np.concatenate([p.flipped for p in parts]))
+
+
+def gather_scores_on_device(tg: TorchGroup, per_rank: list[list[tuple]], sizes: list[list[int]],
+                            local: dict[tuple, Scores]) -> dict[tuple, Scores]:
+    """Every rank's chunk scores on every rank of a sharded group, moved as one device tensor per rank.
+
+    `per_rank[r]` lists the (example, chunk) keys rank r scored, `sizes[r]` their candidate counts; every
+    rank knows both, so only the numbers travel (losses and flips as float64 rows).
+    """
+    rows = [torch.from_numpy(np.stack([local[w].losses, local[w].flipped.astype(np.float64)], axis=1))
+            for w in per_rank[tg.rank]]
+    mine = torch.cat(rows) if rows else torch.zeros((0, 2), dtype=torch.float64)
+    parts = all_gather_rows(tg, mine.to(tg.device), [sum(s) for s in sizes])
+    out: dict[tuple, Scores] = {}
+    for keys, counts, part in zip(per_rank, sizes, parts, strict=True):
+        host = part.cpu().numpy()
+        off = 0
+        for w, n in zip(keys, counts, strict=True):
+            out[w] = Scores(host[off: off + n, 0].copy(), host[off: off + n, 1] > 0.5)
+            off += n
+    return out

@@ -99,7 +99,9 @@ def transfer_phase(ctx: SweepContext, rnd: int, active: list[RunSpec], held: dic
                                                                st.results[a.name].correct_before)
                                                   for st in held.values() if lead})
         sources = [Source(k, *finals[k]) for k in order]
-        targets = [Target(st.run.index, st.run.key, st.clf, st.correct) for st in held.values() if lead]
+        # a sharded model is run by all its group's ranks together (identical work, identical counts)
+        targets = [Target(st.run.index, st.run.key, st.clf, st.correct) for st in held.values()
+                   if lead or cfg.parallel.shard]
         mat = transfer_matrix(layout.world, a, sources, targets, order, ctx.eval_set)
         arrays[f"{a.name}/{S.TRANSFER_ASR}"] = mat
         arrays[f"{a.name}/{S.TRANSFER_RUNS}"] = text_array(order)

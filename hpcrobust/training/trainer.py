@@ -18,6 +18,7 @@ from hpcrobust.models.classifier import Classifier
 from hpcrobust.models.flops import FlopCount
 from hpcrobust.parallel.collectives import my_share, share_indexed, sum_gradients_in_order
 from hpcrobust.parallel.comm import Comm
+from hpcrobust.parallel.sharding import is_sharded, sync
 from hpcrobust.rng import stream
 
 
@@ -66,9 +67,13 @@ def common_prefix(seqs: list[list[int]]) -> int:
 
 
 def batch_logits(clf: Classifier, seqs: list[list[int]]) -> torch.Tensor:
-    """Logits for a micro-batch; a prefix shared by every row (the instructions) is computed once."""
+    """Logits for a micro-batch; a prefix shared by every row (the instructions) is computed once.
+
+    A sharded model trains on whole sequences: its passes with gradients must be one forward each.
+    """
     p = common_prefix(seqs)
-    if p >= MIN_SHARED_PREFIX and len(seqs) > 1:
+    one_pass = is_sharded(clf) and torch.is_grad_enabled()
+    if p >= MIN_SHARED_PREFIX and len(seqs) > 1 and not one_pass:
         ids, mask = pad_batch([s[p:] for s in seqs], clf.tokenizer.pad_token_id, clf.device)
         return clf.logits_shared_prefix(seqs[0][:p], ids, mask)
     ids, mask = pad_batch(seqs, clf.tokenizer.pad_token_id, clf.device)
@@ -130,6 +135,7 @@ def train(clf: Classifier, seqs: list[list[int]], labels: list[int], spec: Train
     opt = make_optimizer(params, spec)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, n_steps, spec))
     n_mb = spec.batch_size // spec.micro_batch_size
+    sharded = is_sharded(clf)  # FSDP sums the gradients (reduce-scatter); ranks keep their shards
     loss_sum = 0.0
     for step in range(n_steps):
         batch = order[step * spec.batch_size: (step + 1) * spec.batch_size]
@@ -141,13 +147,16 @@ def train(clf: Classifier, seqs: list[list[int]], labels: list[int], spec: Train
             y = torch.tensor([labels[i] for i in idx], device=clf.device)
             logits = batch_logits(clf, [seqs[i] for i in idx])
             loss = F.cross_entropy(logits, y, reduction="sum") / spec.batch_size
-            if group.size > 1:
+            if group.size > 1 and not sharded:
                 opt.zero_grad(set_to_none=True)
             loss.backward()
             losses[mb] = float(loss.detach())
-            if group.size > 1:
+            if group.size > 1 and not sharded:
                 grads[mb] = _flat_grad(params)
-        if group.size > 1:
+        if sharded:
+            sync(clf)  # a rank with fewer micro-batches pads with zero-weight passes
+            losses = share_indexed(group, losses)
+        elif group.size > 1:
             _set_grad(params, sum_gradients_in_order(group, grads))
             losses = share_indexed(group, losses)
         loss_sum += sum(losses[k] for k in sorted(losses))
@@ -166,6 +175,7 @@ def all_logits(clf: Classifier, seqs: list[list[int]], batch_size: int, group: C
     out: dict[int, np.ndarray] = {}
     for b in my_share(group, n_batches):
         out[b] = batch_logits(clf, seqs[b * batch_size: (b + 1) * batch_size]).cpu().numpy()
+    sync(clf)
     allb = share_indexed(group, out)
     return np.concatenate([allb[b] for b in range(n_batches)]) if n_batches else np.zeros((0, 2))
 

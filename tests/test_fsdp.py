@@ -1,0 +1,144 @@
+"""Sharded models (parallel.shard, PyTorch FSDP over gloo on CPU) under real `mpiexec`.
+
+A group of 2 or 3 ranks holding one model as FSDP shards must give the numbers of one unsharded rank:
+- forward passes, candidate scores and GCG gradients exactly (the all-gather restores the exact weights
+  and every rank computes with the shapes the unsharded rank uses);
+- fine-tuning within TRAIN_RTOL: the group sums its micro-batch gradients by reduce-scatter, a different
+  summation order from the unsharded rank's, and trains on whole sequences (no shared-prefix pass);
+and each rank's parameter + optimizer bytes fall as 1/k.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.conftest import mpiexec, run_cli
+
+DRIVER = Path(__file__).resolve().parent / "fsdp_driver.py"
+TRAIN_RTOL = 1e-5  # fine-tuned weights and losses, relative to their scale (measured: see README)
+
+
+def _drive(tmp: Path, ranks: int, *extra: str) -> dict[str, np.ndarray]:
+    out = tmp / f"r{ranks}{'_'.join(extra)}.npz"
+    cmd = [mpiexec(), "-n", str(ranks), sys.executable, str(DRIVER), str(out), *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with np.load(out) as z:
+        res = {k: z[k] for k in z.files}
+    res["rank_bytes"] = np.load(str(out) + ".ranks.npy")
+    return res
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, family_cache) -> dict[int, dict[str, np.ndarray]]:
+    tmp = tmp_path_factory.mktemp("fsdp")
+    return {k: _drive(tmp, k) for k in (1, 2, 3)}
+
+
+def _weights(r: dict) -> dict[str, np.ndarray]:
+    return {k: v for k, v in r.items() if k.startswith("w/")}
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_sharded_forward_and_gcg_equal_the_unsharded_rank(runs, k):
+    one, sh = runs[1], runs[k]
+    np.testing.assert_array_equal(sh["margin0"], one["margin0"])
+    np.testing.assert_array_equal(sh["gcg_tokens"], one["gcg_tokens"])
+    np.testing.assert_array_equal(sh["gcg_final_loss"], one["gcg_final_loss"])
+    np.testing.assert_array_equal(sh["gcg_asr"], one["gcg_asr"])
+    np.testing.assert_array_equal(sh["gcg_flops"], one["gcg_flops"])  # padding passes are not counted
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_sharded_fine_tuning_matches_the_unsharded_rank(runs, k):
+    one, sh = runs[1], runs[k]
+    assert np.isfinite(one["train_loss"])
+    assert sh["train_loss"] == pytest.approx(float(one["train_loss"]), rel=TRAIN_RTOL)
+    assert sh["train_flops"][0] == one["train_flops"][0]  # nominal FLOPs: the same work, whoever did it
+    w1, wk = _weights(one), _weights(sh)
+    assert sorted(w1) == sorted(wk) and len(w1) > 10
+    moved = 0.0
+    for name, ref in w1.items():
+        scale = max(float(np.abs(ref).max()), 1e-3)
+        assert np.abs(wk[name] - ref).max() <= TRAIN_RTOL * scale, name
+        moved = max(moved, float(np.abs(ref).max()))
+    assert moved > 0
+    np.testing.assert_array_equal(sh["pred"], one["pred"])
+    np.testing.assert_allclose(sh["margin"], one["margin"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(sh["val_losses"], one["val_losses"], rtol=1e-4, atol=1e-6)
+
+
+def test_training_changed_the_model(runs):
+    """The comparisons above are not between untouched copies: fine-tuning moved the margins."""
+    assert np.abs(runs[1]["margin"] - runs[1]["margin0"]).max() > 1e-3
+
+
+def test_per_rank_parameter_and_optimizer_bytes_fall_as_one_over_k(runs):
+    whole = int(runs[1]["rank_bytes"][0])
+    assert whole == int(runs[1]["param_bytes"]) + int(runs[1]["optim_bytes"]) > 0
+    assert int(runs[1]["optim_bytes"]) == 2 * int(runs[1]["param_bytes"])  # AdamW: two states per weight
+    for k in (2, 3):
+        per_rank = runs[k]["rank_bytes"]
+        assert len(per_rank) == k
+        assert int(per_rank.sum()) == whole  # every byte held once, by exactly one rank
+        assert per_rank.max() <= whole / k * 1.05, (k, per_rank, whole)
+
+
+def test_bf16_on_two_ranks(tmp_path, family_cache):
+    one = _drive(tmp_path, 1, "--dtype", "bfloat16")
+    two = _drive(tmp_path, 2, "--dtype", "bfloat16")
+    assert np.isfinite(two["train_loss"]) and np.isfinite(one["train_loss"])
+    np.testing.assert_array_equal(two["gcg_tokens"], one["gcg_tokens"])
+    assert two["train_loss"] == pytest.approx(float(one["train_loss"]), rel=1e-2)
+    assert int(two["param_bytes"]) * 2 <= int(one["param_bytes"]) * 1.05  # 2 bytes a weight, half each
+
+
+# ---------------------------------------------------------------- a whole sweep
+
+
+def _sweep_cfg(tiny: Path, name: str) -> Path:
+    cfg = tiny.parent / name
+    text = tiny.read_text().replace("seeds: [0, 1]", "seeds: [0]")
+    cfg.write_text(text.replace("  - {name_or_path: \"builtin:s\", lr_scale: 0.5}\n", ""))
+    return cfg
+
+
+def test_sharded_sweep_on_two_ranks_matches_one_rank(tiny):
+    cfg = _sweep_cfg(tiny, "shard.yaml")
+    d = cfg.parent
+    one = run_cli(["run", cfg.name, "output=one.h5", "--quiet"], cwd=d)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_cli(["run", cfg.name, "output=two.h5", "--quiet", "parallel.ranks_per_group=2",
+                   "parallel.shard=true"], ranks=2, cwd=d)
+    assert two.returncode == 0, two.stderr[-3000:]
+    with h5py.File(d / "one.h5") as f1, h5py.File(d / "two.h5") as f2:
+        r1, r2 = f1["runs/xs__seed0/rounds/0000"], f2["runs/xs__seed0/rounds/0000"]
+        acc1, acc2 = r1["clean_accuracy"][()], r2["clean_accuracy"][()]
+        assert acc2 == pytest.approx(acc1, abs=1.0 / 32 + 1e-9)  # at most one of the 32 validation examples
+        assert r2["train_loss"][()] == pytest.approx(r1["train_loss"][()], rel=TRAIN_RTOL)
+        for name in ("rt", "gcg"):
+            a1, a2 = r1[f"attacks/{name}/asr"][()], r2[f"attacks/{name}/asr"][()]
+            assert a1.shape == a2.shape
+            np.testing.assert_allclose(a2, a1, atol=0.25 + 1e-9)  # at most one attacked example of 4-6
+    ckpt = sorted((d / "two.h5.ckpt").rglob("*.safetensors"))
+    assert ckpt, "the sharded run's checkpoint is a normal safetensors folder"
+
+
+def test_shard_needs_a_group_of_two_or_more(tiny):
+    proc = run_cli(["run", tiny.name, "parallel.shard=true"], cwd=tiny.parent)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "parallel.shard" in proc.stderr
+
+
+def test_shard_refuses_ensemble_attacks(tiny):
+    proc = run_cli(["run", tiny.name, "parallel.shard=true", "parallel.ranks_per_group=2",
+                    "attacks.1.ensemble=true"], cwd=tiny.parent)
+    assert proc.returncode == 2
+    assert "ensemble" in proc.stderr and proc.stderr.strip().count("\n") == 0
