@@ -66,7 +66,7 @@ def main() -> None:
     labels = [e.label for e in task.train]
     res = train(clf, seqs, labels, TrainSpec(0.75, 3e-3, 24, 6), w, 0, ("fsdp-test",))
     out["train_loss"] = np.float64(res.mean_loss)
-    out["train_flops"] = np.array([res.flops.nominal, res.flops.actual], dtype=np.float64)
+    out["train_flops"] = np.sum(w.allgather([res.flops.nominal, res.flops.actual]), axis=0, dtype=np.float64)
     weights = full_weights(clf) if w.size > 1 else {k: v.detach().clone() for k, v in clf.model.state_dict().items()}
     if w.rank == 0:
         for k, v in weights.items():

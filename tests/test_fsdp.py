@@ -3,7 +3,7 @@
 A group of 2 or 3 ranks holding one model as FSDP shards must give the numbers of one unsharded rank:
 - forward passes, candidate scores and GCG gradients exactly (the all-gather restores the exact weights
   and every rank computes with the shapes the unsharded rank uses);
-- fine-tuning within TRAIN_RTOL: the group sums its micro-batch gradients by reduce-scatter, a different
+- fine-tuning within the tolerances below: the group sums its micro-batch gradients by reduce-scatter, a different
   summation order from the unsharded rank's, and trains on whole sequences (no shared-prefix pass);
 and each rank's parameter + optimizer bytes fall as 1/k.
 """
@@ -22,7 +22,12 @@ import pytest
 from tests.conftest import mpiexec, run_cli
 
 DRIVER = Path(__file__).resolve().parent / "fsdp_driver.py"
-TRAIN_RTOL = 1e-5  # fine-tuned weights and losses, relative to their scale (measured: see README)
+# Fine-tuning is not bitwise (module docstring). Measured with 3 AdamW steps at lr 3e-3 on the tiny "s" model:
+# losses differ by < 1e-8 relative, weights by at most 4e-6 in a handful of elements (AdamW's first steps move a
+# weight by about lr whatever its gradient's size, so a gradient near zero can move differently), the rest < 1e-7.
+LOSS_RTOL = 1e-6
+WEIGHT_ATOL = 1e-5
+CLOSE = 1e-7  # at least 99.9% of the weights agree this closely
 
 
 def _drive(tmp: Path, ranks: int, *extra: str) -> dict[str, np.ndarray]:
@@ -60,16 +65,13 @@ def test_sharded_forward_and_gcg_equal_the_unsharded_rank(runs, k):
 def test_sharded_fine_tuning_matches_the_unsharded_rank(runs, k):
     one, sh = runs[1], runs[k]
     assert np.isfinite(one["train_loss"])
-    assert sh["train_loss"] == pytest.approx(float(one["train_loss"]), rel=TRAIN_RTOL)
+    assert sh["train_loss"] == pytest.approx(float(one["train_loss"]), rel=LOSS_RTOL)
     assert sh["train_flops"][0] == one["train_flops"][0]  # nominal FLOPs: the same work, whoever did it
     w1, wk = _weights(one), _weights(sh)
     assert sorted(w1) == sorted(wk) and len(w1) > 10
-    moved = 0.0
-    for name, ref in w1.items():
-        scale = max(float(np.abs(ref).max()), 1e-3)
-        assert np.abs(wk[name] - ref).max() <= TRAIN_RTOL * scale, name
-        moved = max(moved, float(np.abs(ref).max()))
-    assert moved > 0
+    diff = np.concatenate([np.abs(wk[n] - w1[n]).ravel() for n in w1])
+    assert diff.max() <= WEIGHT_ATOL
+    assert (diff <= CLOSE).mean() >= 0.999
     np.testing.assert_array_equal(sh["pred"], one["pred"])
     np.testing.assert_allclose(sh["margin"], one["margin"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(sh["val_losses"], one["val_losses"], rtol=1e-4, atol=1e-6)
@@ -122,7 +124,7 @@ def test_sharded_sweep_on_two_ranks_matches_one_rank(tiny):
         r1, r2 = f1["runs/xs__seed0/rounds/0000"], f2["runs/xs__seed0/rounds/0000"]
         acc1, acc2 = r1["clean_accuracy"][()], r2["clean_accuracy"][()]
         assert acc2 == pytest.approx(acc1, abs=1.0 / 32 + 1e-9)  # at most one of the 32 validation examples
-        assert r2["train_loss"][()] == pytest.approx(r1["train_loss"][()], rel=TRAIN_RTOL)
+        assert r2["train_loss"][()] == pytest.approx(r1["train_loss"][()], rel=LOSS_RTOL)
         for name in ("rt", "gcg"):
             a1, a2 = r1[f"attacks/{name}/asr"][()], r2[f"attacks/{name}/asr"][()]
             assert a1.shape == a2.shape
