@@ -112,23 +112,34 @@ def _sweep_cfg(tiny: Path, name: str) -> Path:
     return cfg
 
 
-def test_sharded_sweep_on_two_ranks_matches_one_rank(tiny):
+ADV = ["train_attacks=[{name: rt_train, type: random_token, n_attack_tokens: 5}]", "advtrain.rounds=1",
+       "advtrain.attack=rt_train", "advtrain.n_new_examples=12", "advtrain.max_examples=48",
+       "advtrain.iterations_start=4", "advtrain.lr=1e-3"]
+
+
+@pytest.mark.parametrize("extra", [[], ADV], ids=["finetune", "advtrain"])
+def test_sharded_sweep_on_two_ranks_matches_one_rank(tiny, extra):
+    """A whole `hpcrobust run`: round 0 (and an adversarial round, which starts from the gathered checkpoint)."""
     cfg = _sweep_cfg(tiny, "shard.yaml")
     d = cfg.parent
-    one = run_cli(["run", cfg.name, "output=one.h5", "--quiet"], cwd=d)
+    one = run_cli(["run", cfg.name, "output=one.h5", "--quiet", *extra], cwd=d)
     assert one.returncode == 0, one.stderr[-3000:]
     two = run_cli(["run", cfg.name, "output=two.h5", "--quiet", "parallel.ranks_per_group=2",
-                   "parallel.shard=true"], ranks=2, cwd=d)
+                   "parallel.shard=true", *extra], ranks=2, cwd=d)
     assert two.returncode == 0, two.stderr[-3000:]
+    rounds = ["0000", "0001"] if extra else ["0000"]
     with h5py.File(d / "one.h5") as f1, h5py.File(d / "two.h5") as f2:
-        r1, r2 = f1["runs/xs__seed0/rounds/0000"], f2["runs/xs__seed0/rounds/0000"]
-        acc1, acc2 = r1["clean_accuracy"][()], r2["clean_accuracy"][()]
-        assert acc2 == pytest.approx(acc1, abs=1.0 / 32 + 1e-9)  # at most one of the 32 validation examples
-        assert r2["train_loss"][()] == pytest.approx(r1["train_loss"][()], rel=LOSS_RTOL)
-        for name in ("rt", "gcg"):
-            a1, a2 = r1[f"attacks/{name}/asr"][()], r2[f"attacks/{name}/asr"][()]
-            assert a1.shape == a2.shape
-            np.testing.assert_allclose(a2, a1, atol=0.25 + 1e-9)  # at most one attacked example of 4-6
+        assert sorted(f2["runs/xs__seed0/rounds"]) == rounds
+        for rnd in rounds:
+            r1, r2 = f1[f"runs/xs__seed0/rounds/{rnd}"], f2[f"runs/xs__seed0/rounds/{rnd}"]
+            acc1, acc2 = r1["clean_accuracy"][()], r2["clean_accuracy"][()]
+            assert acc2 == pytest.approx(acc1, abs=1.0 / 32 + 1e-9)  # at most one of the 32 validation examples
+            assert r2["train_loss"][()] == pytest.approx(r1["train_loss"][()], rel=LOSS_RTOL)
+            assert r2["flops_nominal"][()] == r1["flops_nominal"][()]
+            for name in ("rt", "gcg"):
+                a1, a2 = r1[f"attacks/{name}/asr"][()], r2[f"attacks/{name}/asr"][()]
+                assert a1.shape == a2.shape
+                np.testing.assert_allclose(a2, a1, atol=0.25 + 1e-9)  # at most one attacked example of 4-6
     ckpt = sorted((d / "two.h5.ckpt").rglob("*.safetensors"))
     assert ckpt, "the sharded run's checkpoint is a normal safetensors folder"
 
