@@ -10,6 +10,7 @@ and each rank's parameter + optimizer bytes fall as 1/k.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -155,3 +156,19 @@ def test_shard_refuses_ensemble_attacks(tiny):
                     "attacks.1.ensemble=true"], cwd=tiny.parent)
     assert proc.returncode == 2
     assert "ensemble" in proc.stderr and proc.stderr.strip().count("\n") == 0
+
+
+def test_plan_divides_a_sharded_models_memory_by_the_group(tmp_path):
+    """`hpcrobust plan` counts 1/k of the weights, gradients and optimizer state per rank with parallel.shard."""
+    pythia = Path(__file__).resolve().parents[1] / "configs" / "paper_pythia.yaml"
+    args = ["plan", str(pythia), "--json", "--gpu", "h100", "launch.tasks_per_node=4", "launch.gpus_per_node=4",
+            "parallel.ranks_per_group=4"]
+    whole = json.loads(run_cli(args, cwd=tmp_path).stdout)
+    shard = json.loads(run_cli([*args, "parallel.shard=true"], cwd=tmp_path).stdout)
+    for w, s in zip(whole["sizes"], shard["sizes"], strict=True):
+        assert s["memory"]["optimizer"] == pytest.approx(w["memory"]["optimizer"] / 4)
+        assert s["memory"]["host_gradient_exchange"] == 0
+    big_w, big_s = whole["sizes"][-1]["memory"], shard["sizes"][-1]["memory"]  # pythia-12b: 36 layers
+    assert big_s["weights"] < big_w["weights"] / 3  # 1/4, plus the gathered embeddings and two layers
+    assert any("does not fit" in x and "parallel.shard=true" in x for x in whole["warnings"])
+    assert not any("pythia-12b does not fit" in x for x in shard["warnings"])

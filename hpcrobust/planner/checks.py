@@ -47,8 +47,9 @@ def memory_warnings(cfg: SweepConfig, plan: Plan) -> list[str]:
             if mem.train_peak_checkpointed <= usable < mem.train_peak:
                 fixes.append(f"gradient checkpointing ({gib(mem.train_peak_checkpointed)}; not in the run yet)")
             if mem.weights + mem.gradients + mem.optimizer > usable:
-                fixes.append("a larger GPU, or sharding the model (FSDP; not in the run yet: every rank holds the"
-                             " whole model)")
+                fixes.append("a larger GPU, or more ranks per group" if cfg.parallel.shard else
+                             "a larger GPU, or sharding the model (parallel.shard=true with parallel.ranks_per_group"
+                             " k: weights, gradients and optimizer state 1/k per rank)")
         else:
             fixes.append(f"a smaller parallel.score_chunk (one chunk: {gib(mem.chunk)}) or fewer cached prefixes")
         out.append(f"{s.label} does not fit: {what} needs {gib(mem.peak)} per rank, {plan.device.name} has"
@@ -106,7 +107,8 @@ def warnings_for(cfg: SweepConfig, plan: Plan, runs: dict[str, RunPlan]) -> tupl
         for p in rr.phases:
             if p.note.startswith("no FLOP model") and p.note not in warns:
                 warns.append(f"{p.name}: {p.note}")
-    if cfg.parallel.ranks_per_group > 1 and any(m.torch_dtype == "bfloat16" for m in cfg.models):
+    if (cfg.parallel.ranks_per_group > 1 and not cfg.parallel.shard
+            and any(m.torch_dtype == "bfloat16" for m in cfg.models)):
         warns.append("parallel.ranks_per_group > 1 with bfloat16 models: the run sums gradients through numpy,"
                      " which has no bfloat16 (trainer._flat_grad); expect a TypeError at the first training step")
     if plan.device.gpu and not cfg.launch.gpus_per_node:

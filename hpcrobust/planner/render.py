@@ -87,7 +87,8 @@ def markdown(plan: Plan, cal: Calibration | None = None) -> str:
                      "adv. training / round (1 → last)", "rounds", "not recorded¹", "one run", "runs"], rows)
     lines += ["", f"Whole sweep: {flops(plan.nominal)} nominal FLOPs. ¹ clean accuracy and the transfer matrix,"
               " every round.", ""]
-    lines += [f"### Peak memory per rank ({', '.join(dtypes)}; every rank holds the whole model)", ""]
+    held = "each rank holds 1/k of the model (FSDP)" if plan.sharded else "every rank holds the whole model"
+    lines += [f"### Peak memory per rank ({', '.join(dtypes)}; {held})", ""]
     rows = []
     for s in plan.sizes:
         m = s.memory
