@@ -92,8 +92,8 @@ class ScoringEngine:
             try:
                 logits = self.clf.logits_cached(prefix, tail_ids=part)
             except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
-                if not _is_oom(exc) or self.fit == 1:
-                    raise
+                if not _is_oom(exc) or self.fit == 1 or self.clf.shard is not None:
+                    raise  # a sharded pass cut short leaves the group's collectives out of step: stop instead
                 self.fit = max(1, self.fit // 2)
                 torch.cuda.empty_cache()
                 continue

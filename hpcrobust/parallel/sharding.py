@@ -61,7 +61,7 @@ class ShardState:
     group: Comm
     inside: bool = False
     padding: bool = False
-    passes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))  # real ones, for tests
+    passes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))  # real ones (diagnostics)
 
     def _announce(self, kind: str) -> str:
         """Every rank says what its next pass is (or "" at a sync); returns the kind the group is making."""
