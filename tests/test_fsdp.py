@@ -145,6 +145,29 @@ def test_sharded_sweep_on_two_ranks_matches_one_rank(tiny, extra):
     assert ckpt, "the sharded run's checkpoint is a normal safetensors folder"
 
 
+def test_two_sharded_groups_of_two_ranks_match_one_rank(tiny):
+    """4 ranks in 2 groups (one torch process group each), 2 model sizes: each run sharded on its own group."""
+    d = tiny.parent
+    (d / "g.yaml").write_text(tiny.read_text().replace("seeds: [0, 1]", "seeds: [0]"))
+    one = run_cli(["run", "g.yaml", "output=one.h5", "--quiet"], cwd=d)
+    assert one.returncode == 0, one.stderr[-3000:]
+    four = run_cli(["run", "g.yaml", "output=four.h5", "--quiet", "parallel.ranks_per_group=2", "parallel.shard=true"],
+                   ranks=4, cwd=d)
+    assert four.returncode == 0, four.stderr[-3000:]
+    with h5py.File(d / "one.h5") as f1, h5py.File(d / "four.h5") as f4:
+        for run in ("xs__seed0", "s__seed0"):
+            r1, r4 = f1[f"runs/{run}/rounds/0000"], f4[f"runs/{run}/rounds/0000"]
+            assert r4["clean_accuracy"][()] == pytest.approx(r1["clean_accuracy"][()], abs=1.0 / 32 + 1e-9)
+            assert r4["train_loss"][()] == pytest.approx(r1["train_loss"][()], rel=LOSS_RTOL)
+            for name in ("rt", "gcg"):
+                np.testing.assert_allclose(r4[f"attacks/{name}/asr"][()], r1[f"attacks/{name}/asr"][()],
+                                           atol=0.25 + 1e-9)
+        for name in ("rt", "gcg"):  # the transfer matrix: each group scores the other run's strings
+            m1, m4 = f1[f"transfer/0000/{name}/asr"][()], f4[f"transfer/0000/{name}/asr"][()]
+            assert m1.shape == m4.shape == (2, 2)
+            np.testing.assert_allclose(m4, m1, atol=0.25 + 1e-9)
+
+
 def test_shard_needs_a_group_of_two_or_more(tiny):
     proc = run_cli(["run", tiny.name, "parallel.shard=true"], cwd=tiny.parent)
     assert proc.returncode == 2

@@ -278,7 +278,7 @@ def run_attack(attack: Attack, engine: ScoringEngine, group: Comm, examples: lis
             c = attack.setup(st, engine)
             if c is not None:
                 setup[st.i] = c
-    sync(engine.clf)  # a sharded model's ranks pad their passes to the same count (no-op otherwise)
+    sync(engine.clf)  # a sharded model: pad until every rank of the group is done (no-op otherwise)
     setup = share_indexed(group, setup)
     if setup:
         for i, sc in _score_round(engine, group, states, setup).items():
