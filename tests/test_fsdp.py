@@ -168,8 +168,9 @@ def test_two_sharded_groups_of_two_ranks_match_one_rank(tiny):
             np.testing.assert_allclose(m4, m1, atol=0.25 + 1e-9)
 
 
-def test_shard_needs_a_group_of_two_or_more(tiny):
-    proc = run_cli(["run", tiny.name, "parallel.shard=true"], cwd=tiny.parent)
+@pytest.mark.parametrize("command", [["run"], ["submit", "--cluster", "local", "--dry-run"], ["plan"]])
+def test_shard_needs_a_group_of_two_or_more(tiny, command):
+    proc = run_cli([command[0], tiny.name, *command[1:], "parallel.shard=true"], cwd=tiny.parent)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "parallel.shard" in proc.stderr
 

@@ -65,9 +65,6 @@ def check_parallel(cfg: ParallelConfig, world_size: int) -> None:
                         f" {world_size} ranks")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError("parallel.device: cuda was asked for but no CUDA device is visible")
-    if cfg.shard and cfg.ranks_per_group < 2:
-        raise UserError("parallel.shard: sharding needs parallel.ranks_per_group of 2 or more (a group of one"
-                        " rank holds the whole model)")
 
 
 def make_layout(cfg: ParallelConfig) -> Layout:
