@@ -19,13 +19,14 @@ from typing import ClassVar
 import numpy as np
 
 from hpcrobust.attacks.config import AttackConfig, AttackParams
-from hpcrobust.attacks.engine import Scores, ScoringEngine
+from hpcrobust.attacks.engine import Scores, ScoringEngine, gather_scores_on_device
 from hpcrobust.errors import UserError
 from hpcrobust.models.classifier import Classifier
 from hpcrobust.models.config import FamilyConfig, ModelConfig
 from hpcrobust.models.flops import FlopCount
 from hpcrobust.parallel.collectives import gather_losses, ranks_agree, share_indexed
 from hpcrobust.parallel.comm import Comm
+from hpcrobust.parallel.sharding import is_sharded, sync
 from hpcrobust.tasks.placement import Encoded
 
 
@@ -224,12 +225,18 @@ def _score_round(engine: ScoringEngine, group: Comm, states: list[ExampleState],
     work = [(st.i, j) for st in running for j in range(engine.n_chunks(len(cands[st.i])))]
     g, me = group.size, group.rank
     if len(running) >= g:
-        mine = [(i, j) for i, j in work if i % g == me]
+        per_rank = [[(i, j) for i, j in work if i % g == r] for r in range(g)]
     else:  # fewer examples than ranks: split the candidate batches instead
-        mine = [w for k, w in enumerate(work) if k % g == me]
+        per_rank = [[w for k, w in enumerate(work) if k % g == r] for r in range(g)]
     by_i = {st.i: st for st in running}
-    local = {w: engine.score_chunk(w[0], by_i[w[0]].enc, engine.chunk_rows(cands[w[0]], w[1])) for w in mine}
-    allsc = gather_losses(group, local)
+    local = {w: engine.score_chunk(w[0], by_i[w[0]].enc, engine.chunk_rows(cands[w[0]], w[1]))
+             for w in per_rank[me]}
+    if is_sharded(engine.clf):
+        sync(engine.clf)
+        sizes = [[len(engine.chunk_rows(cands[i], j)) for i, j in mine] for mine in per_rank]
+        allsc = gather_scores_on_device(engine.clf.shard.tg, per_rank, sizes, local)
+    else:
+        allsc = gather_losses(group, local)
     return {st.i: _concat([allsc[(st.i, j)] for j in range(engine.n_chunks(len(cands[st.i])))])
             for st in running}
 
@@ -271,6 +278,7 @@ def run_attack(attack: Attack, engine: ScoringEngine, group: Comm, examples: lis
             c = attack.setup(st, engine)
             if c is not None:
                 setup[st.i] = c
+    sync(engine.clf)  # a sharded model: pad until every rank of the group is done (no-op otherwise)
     setup = share_indexed(group, setup)
     if setup:
         for i, sc in _score_round(engine, group, states, setup).items():
@@ -283,6 +291,7 @@ def run_attack(attack: Attack, engine: ScoringEngine, group: Comm, examples: lis
             break
         start = snap()
         cands = {st.i: attack.propose(st, step, engine) for st in running if st.i % g == me}
+        sync(engine.clf)
         cands = share_indexed(group, cands)
         scores = _score_round(engine, group, states, cands)
         its = attack.step_iterations(step)

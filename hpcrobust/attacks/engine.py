@@ -17,6 +17,7 @@ import torch
 
 from hpcrobust.models.backoff import Backoff
 from hpcrobust.models.classifier import Classifier
+from hpcrobust.parallel.distributed import TorchGroup, all_gather_rows
 from hpcrobust.tasks.placement import Encoded
 
 
@@ -114,6 +115,8 @@ class ScoringEngine:
             logits = self.clf.logits_cached(prefix, tail_ids=tails[i:j])
             return wrong_label_loss(logits, label), logits[:, 1 - label] > logits[:, label]
 
+        if self.clf.shard is not None:  # a sharded pass cut short leaves the group's collectives out of step
+            return piece(0, tails.shape[0])
         parts = self.backoff.pieces("score", tails.shape[0], piece, meters=(self.clf.meter,))
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
@@ -134,3 +137,24 @@ class ScoringEngine:
         """Any number of candidates, in the engine's fixed chunks."""
         parts = [self.score_chunk(key, enc, self.chunk_rows(cands, j)) for j in range(self.n_chunks(len(cands)))]
         return Scores(np.concatenate([p.losses for p in parts]), np.concatenate([p.flipped for p in parts]))
+
+
+def gather_scores_on_device(tg: TorchGroup, per_rank: list[list[tuple]], sizes: list[list[int]],
+                            local: dict[tuple, Scores]) -> dict[tuple, Scores]:
+    """Every rank's chunk scores on every rank of a sharded group, moved as one device tensor per rank.
+
+    `per_rank[r]` lists the (example, chunk) keys rank r scored, `sizes[r]` their candidate counts; every
+    rank knows both, so only the numbers travel (losses and flips as float64 rows).
+    """
+    rows = [torch.from_numpy(np.stack([local[w].losses, local[w].flipped.astype(np.float64)], axis=1))
+            for w in per_rank[tg.rank]]
+    mine = torch.cat(rows) if rows else torch.zeros((0, 2), dtype=torch.float64)
+    parts = all_gather_rows(tg, mine.to(tg.device), [sum(s) for s in sizes])
+    out: dict[tuple, Scores] = {}
+    for keys, counts, part in zip(per_rank, sizes, parts, strict=True):
+        host = part.cpu().numpy()
+        off = 0
+        for w, n in zip(keys, counts, strict=True):
+            out[w] = Scores(host[off: off + n, 0].copy(), host[off: off + n, 1] > 0.5)
+            off += n
+    return out

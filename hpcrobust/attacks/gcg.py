@@ -22,6 +22,7 @@ from hpcrobust.attacks.registry import register_attack
 from hpcrobust.errors import UserError
 from hpcrobust.fields import setting
 from hpcrobust.models.vocab import allowed_tokens, cached_tokenizer, retokenizes
+from hpcrobust.parallel.sharding import input_gradient, is_sharded
 from hpcrobust.rng import stream
 
 
@@ -61,6 +62,9 @@ def token_gradient(engine: ScoringEngine, key: int, enc, tokens: np.ndarray) -> 
 
 def _token_gradient(engine: ScoringEngine, key: int, enc, tokens: np.ndarray) -> torch.Tensor:
     clf = engine.clf
+    if is_sharded(clf):  # the same arithmetic as one 'grad' pass of the sharded model (parallel/sharding.py)
+        return input_gradient(clf, list(enc.before), engine.after_ids(key, enc), torch.as_tensor(tokens),
+                              lambda logits: wrong_label_loss(logits, enc.label).sum())
     prefix = engine.prefix(key, enc)
     w = clf.embedding.weight
     one_hot = torch.zeros(len(tokens), w.shape[0], dtype=w.dtype, device=w.device)

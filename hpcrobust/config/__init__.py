@@ -111,6 +111,11 @@ def _validate(cfg: SweepConfig) -> None:
             raise UserError(f"advtrain.attack: '{cfg.advtrain.attack}' is not defined in train_attacks"
                             f" (defined: {', '.join(names) or 'none'})")
     cfg.launch.validate(len(cfg.seeds))
+    if cfg.parallel.shard and cfg.parallel.ranks_per_group < 2:
+        raise UserError("parallel.shard: sharding needs parallel.ranks_per_group of 2 or more (a group of one"
+                        " rank holds the whole model)")
+    if cfg.parallel.shard and any(a.ensemble for a in cfg.attacks):
+        raise UserError("parallel.shard: ensemble attacks (params.ensemble) are not supported with sharded models")
 
 
 # ---------------------------------------------------------------- overrides

@@ -41,6 +41,16 @@ class Classifier:
         self._recomputes = False  # checkpointed layers active (training steps only)
         params = inspect.signature(self.backbone.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.shard = None  # set by parallel/sharding.py when the group's ranks hold the weights as FSDP shards
+
+    def _enter(self, fn, kind: str = ""):
+        """Run `fn` as one pass through the model. Unsharded: just `fn()`; sharded: one FSDP root forward,
+        which the ranks of the group make in step (parallel/sharding.py keeps that rule)."""
+        if self.shard is None:
+            return fn()
+        if not kind:
+            kind = "train" if torch.is_grad_enabled() and self.weights_need_grad() else "fwd"
+        return self.shard.enter(fn, kind)
 
     # ------------------------------------------------------------ properties
     @property
@@ -98,10 +108,14 @@ class Classifier:
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, 2] for right-padded sequences (the head reads each one's last real token)."""
-        return self.logits_from_embeds(self.embedding(input_ids), attention_mask)
+        return self._enter(lambda: self.logits_from_embeds(self.embedding(input_ids), attention_mask))
 
     def logits_from_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
                            cache: DynamicCache | None = None, prefix_len: int = 0) -> torch.Tensor:
+        return self._enter(lambda: self._logits_from_embeds(embeds, attention_mask, cache, prefix_len))
+
+    def _logits_from_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None,
+                            cache: DynamicCache | None, prefix_len: int) -> torch.Tensor:
         b, t = embeds.shape[:2]
         kwargs = {"inputs_embeds": embeds, "use_cache": cache is not None}
         if cache is not None:
@@ -128,20 +142,29 @@ class Classifier:
 
         The prefix runs once (batch 1) and its keys/values are broadcast to the batch; gradients
         flow back through the broadcast, so this also trains. Used when a micro-batch shares its
-        instructions; nominal FLOPs still charge every row its whole sequence.
+        instructions; nominal FLOPs still charge every row its whole sequence. A sharded model makes this
+        two passes (prefix, then the rest), so it is for inference only there.
         """
         b, t = rest_ids.shape
         p = len(prefix)
-        cache = DynamicCache()
-        full_mask = torch.cat([rest_mask.new_ones(b, p), rest_mask], dim=1)
-        with self.autocast():
+
+        def run_prefix() -> DynamicCache:
+            cache = DynamicCache()
             self.backbone(input_ids=torch.tensor([prefix], device=self.device), use_cache=True,
                           **{self._cache_kw: cache})
+            return cache
+
+        def run_rest(cache: DynamicCache) -> torch.Tensor:
             kv = [(layer.keys.expand(b, -1, -1, -1), layer.values.expand(b, -1, -1, -1)) for layer in cache.layers]
             batch_cache = DynamicCache(ddp_cache_data=kv)
+            full_mask = torch.cat([rest_mask.new_ones(b, p), rest_mask], dim=1)
             hidden = self.backbone(inputs_embeds=self.embedding(rest_ids), attention_mask=full_mask, use_cache=True,
                                    **{self._cache_kw: batch_cache}).last_hidden_state
-            logits = self._head(hidden, rest_mask.sum(dim=1) - 1)
+            return self._head(hidden, rest_mask.sum(dim=1) - 1)
+
+        with self.autocast():
+            cache = self._enter(run_prefix)
+            logits = self._enter(lambda: run_rest(cache))
         rest = forward_flops(self.shape, b, t, p + t, head_rows=b, full_len=p + t,
                              real_tokens=int(rest_mask.sum()) + b * p)
         pre = forward_flops(self.shape, 1, p, p, head_rows=0)
@@ -154,9 +177,9 @@ class Classifier:
         if not before:
             return ()
         ids = torch.tensor([list(before)], device=self.device)
+        cache = DynamicCache()
         with torch.no_grad(), self.autocast():
-            cache = DynamicCache()
-            self.backbone(input_ids=ids, use_cache=True, **{self._cache_kw: cache})
+            self._enter(lambda: self.backbone(input_ids=ids, use_cache=True, **{self._cache_kw: cache}), "fwd")
         t = len(before)
         spent = forward_flops(self.shape, 1, t, t, head_rows=0)
         # Nominal FLOPs charge each candidate its whole sequence; the shared prefix is actual-only.
@@ -174,9 +197,12 @@ class Classifier:
     def logits_cached(self, prefix: tuple, tail_ids: torch.Tensor | None = None,
                       tail_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, 2] for `prefix + tail` where every row shares the cached prefix."""
-        if tail_embeds is None:
-            tail_embeds = self.embedding(tail_ids)
-        b = tail_embeds.shape[0]
-        prefix_len = prefix[0][0].shape[2] if prefix else 0
-        cache = self.expand_cache(prefix, b)
-        return self.logits_from_embeds(tail_embeds, None, cache=cache, prefix_len=prefix_len)
+
+        def run() -> torch.Tensor:
+            embeds = self.embedding(tail_ids) if tail_embeds is None else tail_embeds
+            b = embeds.shape[0]
+            prefix_len = prefix[0][0].shape[2] if prefix else 0
+            cache = self.expand_cache(prefix, b)
+            return self._logits_from_embeds(embeds, None, cache, prefix_len)
+
+        return self._enter(run)

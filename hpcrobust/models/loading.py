@@ -149,11 +149,12 @@ def load_classifier(m: ModelConfig, fam: FamilyConfig, device: torch.device, see
     return clf
 
 
-def save_classifier(clf: Classifier, out: Path) -> None:
-    """A round's checkpoint: a normal HF folder (safetensors) that `name_or_path` can point to."""
+def save_classifier(clf: Classifier, out: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+    """A round's checkpoint: a normal HF folder (safetensors) that `name_or_path` can point to. `weights`
+    replaces the model's own state dict (a sharded model's, gathered)."""
     _quiet_transformers()
     out.mkdir(parents=True, exist_ok=True)
-    clf.model.save_pretrained(out, safe_serialization=True)
+    clf.model.save_pretrained(out, safe_serialization=True, state_dict=weights)
     clf.tokenizer.save_pretrained(out)
     (out / META_FILE).write_text(json.dumps({**clf.pretraining.to_json(), "source": clf.name}))
 

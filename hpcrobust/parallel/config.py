@@ -15,3 +15,5 @@ class ParallelConfig:
     device: str = setting("auto", choices=("auto", "cpu", "cuda"), doc="auto: CUDA per local rank when present")
     score_chunk: int = setting(64, lo=1, hi=10**6, doc="candidates per scoring chunk (fixed, so results do not depend"
                                                        " on ranks)")
+    shard: bool = setting(False, doc="shard each run's model across its group's ranks with PyTorch FSDP (needs"
+                                     " ranks_per_group > 1; NCCL on GPUs, gloo on CPU)")

@@ -14,6 +14,7 @@ import torch
 from hpcrobust.errors import UserError
 from hpcrobust.parallel.comm import Comm, world
 from hpcrobust.parallel.config import ParallelConfig
+from hpcrobust.parallel.distributed import TorchGroup, make_groups
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Layout:
     local_size: int
     device: torch.device
     threads: int
+    torch_group: TorchGroup | None = None  # set when the group holds its model as FSDP shards
 
     @property
     def is_root(self) -> bool:
@@ -106,4 +108,5 @@ def make_layout(cfg: ParallelConfig) -> Layout:
     else:
         threads = max(1, _cores() // local_size)
     torch.set_num_threads(threads)
-    return Layout(w, group, gi, n_groups, local_rank, local_size, device, threads)
+    tg = make_groups(w, cfg.ranks_per_group, device) if cfg.shard else None
+    return Layout(w, group, gi, n_groups, local_rank, local_size, device, threads, tg)

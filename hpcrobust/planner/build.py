@@ -171,6 +171,7 @@ def _plan_sweep(cfg: SweepConfig, overrides: list[str], opts: Options, device: D
                 [f"{archs[mi].label}: {t.source}" for mi, t in tokens.items()],
                 sizes, jobs, cfg.launch.minutes() * 60.0, cfg.launch.max_requeues)
     plan.startup_s = startup
+    plan.sharded = cfg.parallel.shard and cfg.parallel.ranks_per_group > 1
     plan.warnings, plan.notes = warnings_for(cfg, plan, run_plans)
     plan.seconds = time.time() - t0
     return plan

@@ -48,8 +48,9 @@ def memory_warnings(cfg: SweepConfig, plan: Plan) -> list[str]:
             if mem.train_peak_checkpointed <= usable < mem.train_peak:
                 fixes.append(f"gradient_checkpointing: true for this size ({gib(mem.train_peak_checkpointed)})")
             if mem.weights + mem.gradients + mem.optimizer > usable:
-                fixes.append("a larger GPU, or sharding the model (FSDP; not in the run yet: every rank holds the"
-                             " whole model)")
+                fixes.append("a larger GPU, or more ranks per group" if cfg.parallel.shard else
+                             "a larger GPU, or sharding the model (parallel.shard=true with parallel.ranks_per_group"
+                             " k: weights, gradients and optimizer state 1/k per rank)")
         else:
             fixes.append(f"a smaller parallel.score_chunk (one chunk: {gib(mem.chunk)}) or fewer cached prefixes")
         out.append(f"{s.label} does not fit: {what} needs {gib(mem.peak)} per rank, {plan.device.name} has"

@@ -15,8 +15,10 @@ Attack scoring (ScoringEngine, no gradients):
     + one chunk's key/value cache (the prefix expanded to the chunk, every layer) + one layer's working set
 
 Activations per token follow the layer's own code, with coefficients fitted to memory profiles of
-transformers' GPT-NeoX and Qwen2 layers on CPU (float32; tests/test_plan.py measures them again). Nothing
-is sharded: every rank of a group holds the whole model, the group only splits micro-batches and chunks. With
+transformers' GPT-NeoX and Qwen2 layers on CPU (float32; tests/test_plan.py measures them again). Without
+parallel.shard every rank of a group holds the whole model, the group only splits micro-batches and chunks;
+with it (FSDP) a rank holds 1/k of the weights, gradients and optimizer state, plus the gathered units it is
+computing with (parallel/sharding.py: a decoder layer, or the embeddings and head). With
 models.N.gradient_checkpointing only each layer's input is kept; the plan shows both peaks and uses the one
 the config asks for.
 """
@@ -190,6 +192,12 @@ def plan_memory(cfg: SweepConfig, m: ModelArch, tt: TaskTokens, sampler_of, on_c
         return weights + cast + opt + (grads + a if several else max(a, grads + scratch))
 
     host = (n_mb + 1) * m.n_params * 4 if g > 1 else 0.0
+    if par.shard and g > 1:  # FSDP: own shards, plus the gathered root unit and a layer (and the next one)
+        root = m.vocab * m.hidden + 2 * m.hidden  # embeddings and head (parallel/sharding.py)
+        layer = max(m.n_params - root, 0) // max(m.layers, 1)
+        weights = (m.n_params / g + root + 2 * layer) * b
+        grads = (m.n_params / g + root + layer) * b
+        opt, scratch, host = opt / g, scratch / g, 0.0
     val = tt.val.clean()
     scoring = weights + layer_work(m, ft.eval_batch_size, int(val.max()), int(val.max()))  # no cache kept
     what, parts = "clean accuracy", (0.0, 0.0, scoring - weights)

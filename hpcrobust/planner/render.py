@@ -93,7 +93,8 @@ def markdown(plan: Plan, cal: Calibration | None = None) -> str:
                                               for s in plan.sizes) + " (attacks.N.rounds)" for a in picked]
     lines += [""] if picked else []
     kinds = ", ".join(dtypes) if dtypes == ["float32"] else f"{', '.join(dtypes)} compute, float32 weights and state"
-    lines += [f"### Peak memory per rank ({kinds}; every rank holds the whole model)", ""]
+    held = "each rank holds 1/k of the model (FSDP)" if plan.sharded else "every rank holds the whole model"
+    lines += [f"### Peak memory per rank ({kinds}; {held})", ""]
     rows = []
     for s in plan.sizes:
         m = s.memory

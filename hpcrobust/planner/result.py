@@ -66,6 +66,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0  # how long planning took
     startup_s: float = 0.0  # once per job, from calibration
+    sharded: bool = False  # parallel.shard: a rank holds 1/k of each model (FSDP)
 
     @property
     def nominal(self) -> float:

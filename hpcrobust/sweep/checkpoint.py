@@ -14,9 +14,12 @@ import os
 import shutil
 from dataclasses import replace
 
+import torch
+
 from hpcrobust.models.classifier import Classifier
 from hpcrobust.models.config import model_label
 from hpcrobust.models.loading import load_classifier, save_classifier
+from hpcrobust.parallel.sharding import shard_classifier
 from hpcrobust.store.results import ResultsFile
 from hpcrobust.store.writer import fsync_path
 from hpcrobust.sweep.context import SweepContext
@@ -38,15 +41,20 @@ def missing_files(results: ResultsFile, run_key: str, rnd: int) -> list[str]:
 
 
 def load_model(ctx: SweepContext, run: RunSpec, rnd: int) -> Classifier:
-    """Round 0: the configured model with a fresh head; later rounds: the previous round's checkpoint."""
+    """Round 0: the configured model with a fresh head; later rounds: the previous round's checkpoint.
+
+    With parallel.shard each rank reads the weights into host memory and keeps only its FSDP shard on
+    the device."""
     m = ctx.model(run)
-    if rnd == 0:
-        return load_classifier(m, ctx.cfg.family, ctx.layout.device, run.seed)
-    prev = ctx.results.checkpoint_dir(run.key, rnd - 1)
-    if not (prev / "config.json").is_file():
-        raise RuntimeError(f"checkpoint of round {rnd - 1} for {run.key} is missing: {prev}")
-    saved = replace(m, name_or_path=str(prev), label=model_label(m))
-    return load_classifier(saved, ctx.cfg.family, ctx.layout.device, run.seed)
+    tg = ctx.layout.torch_group
+    device = torch.device("cpu") if tg is not None else ctx.layout.device
+    if rnd > 0:
+        prev = ctx.results.checkpoint_dir(run.key, rnd - 1)
+        if not (prev / "config.json").is_file():
+            raise RuntimeError(f"checkpoint of round {rnd - 1} for {run.key} is missing: {prev}")
+        m = replace(m, name_or_path=str(prev), label=model_label(m))
+    clf = load_classifier(m, ctx.cfg.family, device, run.seed)
+    return shard_classifier(clf, tg, ctx.layout.group) if tg is not None else clf
 
 
 def load_state(ctx: SweepContext, run: RunSpec, rnd: int) -> tuple[Pool, int]:
@@ -56,13 +64,15 @@ def load_state(ctx: SweepContext, run: RunSpec, rnd: int) -> tuple[Pool, int]:
     return pool, json.loads((prev / STATE_FILE).read_text())["defense_flops_cum"]
 
 
-def save(ctx: SweepContext, clf: Classifier, run: RunSpec, rnd: int, pool: Pool, defense_cum: int) -> None:
+def save(ctx: SweepContext, clf: Classifier, run: RunSpec, rnd: int, pool: Pool, defense_cum: int,
+         weights: dict[str, torch.Tensor] | None = None) -> None:
     """Written to a temporary folder, flushed to disk and renamed, so a checkpoint is either whole or absent,
-    and on disk before the commit that marks its round done (a node crash cannot separate the two)."""
+    and on disk before the commit that marks its round done (a node crash cannot separate the two).
+    `weights`: a sharded model's gathered state dict (sharding.full_weights)."""
     final = ctx.results.checkpoint_dir(run.key, rnd)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_classifier(clf, tmp)
+    save_classifier(clf, tmp, weights)
     pool.save(tmp / POOL_FILE)
     (tmp / STATE_FILE).write_text(json.dumps({"defense_flops_cum": int(defense_cum)}))
     for p in tmp.iterdir():

@@ -18,6 +18,7 @@ from hpcrobust.config import SweepConfig, load_config
 from hpcrobust.errors import AgreedFailure, UserError
 from hpcrobust.parallel.collectives import agree
 from hpcrobust.parallel.comm import Comm, world
+from hpcrobust.parallel.distributed import shutdown as shutdown_torch_distributed
 from hpcrobust.parallel.layout import Layout, make_layout
 from hpcrobust.store.writer import mpio_available
 from hpcrobust.sweep import checks, debug
@@ -81,6 +82,8 @@ def _work(cfg: SweepConfig, layout: Layout, ready: Prepared, hooks: Hooks, start
                f" {layout.threads} thread(s) per rank; results writer: {writer_kind}")
     drive(SweepContext(cfg, layout, ready.task, ready.results, ready.plan, hooks, started))
     layout.world.barrier()
+    if layout.torch_group is not None:
+        shutdown_torch_distributed()
     logmod.log(f"done: {ready.results.path}")
     return 0
 

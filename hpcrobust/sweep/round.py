@@ -26,6 +26,7 @@ from hpcrobust.log import log
 from hpcrobust.models.classifier import Classifier
 from hpcrobust.models.config import model_label
 from hpcrobust.models.flops import FlopCount
+from hpcrobust.parallel.sharding import full_weights
 from hpcrobust.store import schema as S
 from hpcrobust.store.schema import Record
 from hpcrobust.sweep import checkpoint
@@ -71,8 +72,9 @@ def run_round(ctx: SweepContext, run: RunSpec, rnd: int, tables: dict) -> RoundS
         log(f"{run.key} round {rnd}: {a.name} ASR {res.asr_current[-1]:.3f} (any iteration {res.asr[-1]:.3f})"
             f" after {len(res.asr) - 1} iterations"
             f" ({res.wall_time:.1f}s)", all_ranks=lay.is_group_leader)
+    weights = full_weights(clf)  # sharded: the group gathers the whole weights to its leader (collective)
     if lay.is_group_leader:
-        checkpoint.save(ctx, clf, run, rnd, pool, scalars[S.DEFENSE_FLOPS_CUM])
+        checkpoint.save(ctx, clf, run, rnd, pool, scalars[S.DEFENSE_FLOPS_CUM], weights)
     scalars.update({S.WALL_TIME: lay.group.allreduce_max(time.time() - t0), S.N_PARAMS: clf.n_params,
                     S.PRETRAIN_FLOPS: clf.pretraining.flops, S.PRETRAIN_N: clf.pretraining.n,
                     S.PRETRAIN_TOKENS: clf.pretraining.tokens, S.N_DROPPED_TRAIN: ctx.task.n_dropped_train,

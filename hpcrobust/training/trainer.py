@@ -21,6 +21,7 @@ from hpcrobust.models.classifier import Classifier
 from hpcrobust.models.flops import FlopCount
 from hpcrobust.parallel.collectives import my_share, share_indexed, sum_gradients_in_order
 from hpcrobust.parallel.comm import Comm
+from hpcrobust.parallel.sharding import is_sharded, sync
 from hpcrobust.rng import stream
 
 
@@ -77,9 +78,13 @@ def batch_shape(seqs: list[list[int]]) -> tuple[int, int]:
 
 
 def batch_logits(clf: Classifier, seqs: list[list[int]], shape: tuple[int, int] | None = None) -> torch.Tensor:
-    """Logits for a micro-batch; a prefix shared by every row (the instructions) is computed once."""
+    """Logits for a micro-batch; a prefix shared by every row (the instructions) is computed once.
+
+    A sharded model trains on whole sequences: its passes with gradients must be one forward each.
+    """
     p, width = shape or batch_shape(seqs)
-    if p and clf.shares_prefix_in_training:
+    one_pass = is_sharded(clf) and torch.is_grad_enabled()
+    if p and clf.shares_prefix_in_training and not one_pass:
         ids, mask = pad_batch([s[p:] for s in seqs], clf.tokenizer.pad_token_id, clf.device, width - p)
         return clf.logits_shared_prefix(seqs[0][:p], ids, mask)
     ids, mask = pad_batch(seqs, clf.tokenizer.pad_token_id, clf.device, width)
@@ -166,6 +171,7 @@ def train(clf: Classifier, seqs: list[list[int]], labels: list[int], spec: Train
     opt = make_optimizer(params, spec)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, n_steps, spec))
     n_mb = spec.batch_size // spec.micro_batch_size
+    sharded = is_sharded(clf)  # FSDP sums the gradients (reduce-scatter); ranks keep their shards
     loss_sum = 0.0
     for step in range(n_steps):
         batch = order[step * spec.batch_size: (step + 1) * spec.batch_size]
@@ -179,17 +185,22 @@ def train(clf: Classifier, seqs: list[list[int]], labels: list[int], spec: Train
             losses: dict[int, float] = {}
             for mb in mine:
                 idx = batch[mb * spec.micro_batch_size: (mb + 1) * spec.micro_batch_size]
-                if group.size > 1:
+                if group.size > 1 and not sharded:
                     opt.zero_grad(set_to_none=True)
                 losses[mb] = micro_batch_backward(clf, [seqs[i] for i in idx], [labels[i] for i in idx],
                                                   spec.batch_size, size)
-                if group.size > 1:
+                if group.size > 1 and not sharded:
                     grads[mb] = _flat_grad(params)
             return grads, losses
 
-        # Before any collective: a rank that backs off redoes only its own share.
-        grads, losses = clf.backoff.retry("train", spec.micro_batch_size, my_micro_batches, meters=(clf.meter,))
-        if group.size > 1:
+        if sharded:  # FSDP sums the gradients; no back-off, a pass cut short would leave the group out of step
+            grads, losses = my_micro_batches(spec.micro_batch_size)
+            sync(clf)  # a rank with fewer micro-batches pads with zero-weight passes
+            losses = share_indexed(group, losses)
+        else:
+            # Before any collective: a rank that backs off redoes only its own share.
+            grads, losses = clf.backoff.retry("train", spec.micro_batch_size, my_micro_batches, meters=(clf.meter,))
+        if group.size > 1 and not sharded:
             _set_grad(params, sum_gradients_in_order(group, grads))
             losses = share_indexed(group, losses)
         step_loss = sum(losses[k] for k in sorted(losses))
@@ -213,9 +224,13 @@ def all_logits(clf: Classifier, seqs: list[list[int]], batch_size: int, group: C
     for b in my_share(group, n_batches):
         part = seqs[b * batch_size: (b + 1) * batch_size]
         shape = batch_shape(part)
-        out[b] = np.concatenate(clf.backoff.pieces(
-            "eval", len(part), lambda i, j, part=part, shape=shape: batch_logits(clf, part[i:j], shape).cpu().numpy(),
-            meters=(clf.meter,)))
+
+        def run(i: int, j: int, part: list[list[int]] = part, shape: tuple[int, int] = shape) -> np.ndarray:
+            return batch_logits(clf, part[i:j], shape).cpu().numpy()
+
+        out[b] = run(0, len(part)) if is_sharded(clf) else np.concatenate(
+            clf.backoff.pieces("eval", len(part), run, meters=(clf.meter,)))
+    sync(clf)
     allb = share_indexed(group, out)
     return np.concatenate([allb[b] for b in range(n_batches)]) if n_batches else np.zeros((0, 2))
 
