@@ -77,7 +77,8 @@ def test_a_stopped_sweep_shows_round_0_committed_and_the_rest_waiting(sweep):
     # time left: each remaining adversarial round costs its size's round-0 time (the only one known yet)
     assert st.work_left_s == pytest.approx(sum(2 * r.rounds[0]["wall"] for r in st.runs))
     assert st.groups == 1 and st.left_s == pytest.approx(st.work_left_s)
-    assert device_hours(st.runs, 0) is None  # the file stores none: "n/a"
+    stored = rounds[rounds["round"] == 0].device_hours  # provenance: wall time x the group's devices
+    assert device_hours(st.runs, 0) == pytest.approx(stored.sum()) and stored.sum() > 0
 
     proc = run_cli(["status", str(sweep["mid"])])
     assert proc.returncode == 0, proc.stderr
@@ -87,7 +88,9 @@ def test_a_stopped_sweep_shows_round_0_committed_and_the_rest_waiting(sweep):
     xs = st.runs[0]
     assert re.search(rf"^xs__seed0 +#\.\. +0 +{xs.rounds[0]['accuracy']:.3f} +{xs.rounds[0]['asr']['rt']:.2f}"
                      rf" +{xs.rounds[0]['asr']['gcg']:.2f}$", out, re.M), out
-    assert re.search(r"^0 +2/2 .* n/a ", out, re.M) and re.search(r"^1-2 +waiting$", out, re.M), out
+    hours = device_hours(st.runs, 0)
+    assert re.search(rf"^0 +2/2 .* {hours:.{2 if hours >= 0.01 else 4}f} ", out, re.M), out
+    assert re.search(r"^1-2 +waiting$", out, re.M), out
     assert "time left (estimate): about" in out
 
 
@@ -123,10 +126,12 @@ def test_a_finished_sweep(sweep):
 
 def test_device_hours_are_read_when_the_file_has_them(sweep, tmp_path):
     path = _copy(sweep["done"], tmp_path / "dh.h5")
+    """Rounds 0 and 1 are given other device-hours; round 2 stores none (as a file written before provenance)."""
     with h5py.File(path, "r+") as f:
         for run in RUNS:
             for rnd in ("0000", "0001"):
-                f[f"runs/{run}/rounds/{rnd}"]["device_hours"] = 0.25 if run == RUNS[0] else 0.5
+                f[f"runs/{run}/rounds/{rnd}"].attrs["device_hours"] = 0.25 if run == RUNS[0] else 0.5
+            del f[f"runs/{run}/rounds/0002"].attrs["device_hours"]
     st = collect(path)
     assert device_hours(st.runs, 0) == pytest.approx(0.75) and device_hours(st.runs, 2) is None
     text = render(st)
@@ -253,8 +258,10 @@ def test_bad_files_and_arguments_are_one_line(sweep, tmp_path):
 def test_watch_stops_quietly_on_ctrl_c(sweep, tmp_path):
     out = tmp_path / "watch.out"
     with open(out, "w") as fh:
+        # as in a terminal: SIGINT at its default even when the tests run in the background (where it is ignored)
         proc = subprocess.Popen(hpcrobust_cmd() + ["status", str(sweep["mid"]), "--watch", "0.2"], stdout=fh,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.time() + 60
         while out.read_text().count("progress:") < 2 and time.time() < deadline:
             time.sleep(0.1)

@@ -73,7 +73,7 @@ def round_rows(st: SweepStatus) -> list[str]:
         asr = [[r.rounds[rnd]["asr"][a] for r in done if a in r.rounds[rnd]["asr"]] for a in st.attacks]
         rows.append([str(rnd), f"{len(done)}/{len(runs)}" + (f" ({len(busy)} {busy[0].cells[rnd]})" if busy else ""),
                      duration(sum(walls) / len(walls)) if walls else "-", duration(sum(walls)) if walls else "-",
-                     "n/a" if hours is None else f"{hours:.2f}",
+                     "n/a" if hours is None else f"{hours:.{2 if hours >= 0.01 else 4}f}",
                      *(f"{sum(v) / len(v):.3f}" if v else "-" for v in asr)])
     flush()
     return _table(rows)
