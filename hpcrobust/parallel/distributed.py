@@ -46,7 +46,12 @@ def backend_for(device: torch.device) -> str:
 
 def _rendezvous_address() -> tuple[str, int]:
     """This host's address and a free TCP port (MASTER_ADDR/MASTER_PORT win when a user set them)."""
-    addr = os.environ.get("MASTER_ADDR") or socket.gethostbyname(socket.gethostname())
+    addr = os.environ.get("MASTER_ADDR", "")
+    if not addr:
+        try:
+            addr = socket.gethostbyname(socket.gethostname())
+        except OSError:  # a host name that does not resolve (containers): fine for ranks on this one host
+            addr = "127.0.0.1"
     if os.environ.get("MASTER_PORT"):
         return addr, int(os.environ["MASTER_PORT"])
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
