@@ -307,3 +307,19 @@ def test_a_sweep_with_fake_out_of_memory_errors_stores_the_same_numbers(tiny):
     for name in ("one.h5", "two.h5"):
         worst = close_enough(tiny.parent / "ref.h5", tiny.parent / name)
         print(f"{name}: largest stored float difference {worst:.2e}")
+
+
+def test_a_sharded_models_backoff_raises_instead_of_retrying():
+    """A sharded model's passes are collectives: one rank retrying alone would leave its group out of step."""
+    calls: list[int] = []
+
+    def attempt(size: int) -> int:
+        calls.append(size)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        Backoff(cuts=False).retry("train", 8, attempt)
+    assert calls == [8]
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        Backoff().retry("train", 8, attempt)
+    assert calls == [8, 8, 4, 2, 1]

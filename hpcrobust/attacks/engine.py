@@ -115,8 +115,6 @@ class ScoringEngine:
             logits = self.clf.logits_cached(prefix, tail_ids=tails[i:j])
             return wrong_label_loss(logits, label), logits[:, 1 - label] > logits[:, label]
 
-        if self.clf.shard is not None:  # a sharded pass cut short leaves the group's collectives out of step
-            return piece(0, tails.shape[0])
         parts = self.backoff.pieces("score", tails.shape[0], piece, meters=(self.clf.meter,))
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 

@@ -54,6 +54,7 @@ class Backoff:
     backoffs: dict[str, int] = field(default_factory=dict)  # how often each kind halved (tests, logs)
     fake_oom_above: int = 0
     fakes: int = 0  # fake errors raised
+    cuts: bool = True  # False for a sharded model: its passes are collectives, so an error is raised, not retried
 
     def size(self, kind: str, want: int) -> int:
         """How many rows of `kind` to run at once when `want` are waiting."""
@@ -72,6 +73,8 @@ class Backoff:
         `attempt` must leave nothing behind when it fails (or `undo` must remove it); the FLOPs it counted on
         `meters` are taken back here. At size 1 the error is real and is raised.
         """
+        if not self.cuts:  # one rank retrying alone would leave its group's collectives out of step
+            return attempt(self.size(kind, want))
         meters = tuple(meters)
         while True:
             size = self.size(kind, want)

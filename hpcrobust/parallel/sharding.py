@@ -112,6 +112,7 @@ def shard_classifier(clf: Classifier, tg: TorchGroup, group: Comm) -> Classifier
         u.set_force_sum_reduction_for_comms(True)  # gloo has no AVG; and the loss is already per batch
         u.set_gradient_divide_factor(1.0)  # gradients are summed across the group, never averaged
     clf.shard = ShardState(clf, root, units, tg, group)
+    clf.backoff.cuts = False
     return clf
 
 

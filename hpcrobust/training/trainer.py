@@ -193,14 +193,12 @@ def train(clf: Classifier, seqs: list[list[int]], labels: list[int], spec: Train
                     grads[mb] = _flat_grad(params)
             return grads, losses
 
-        if sharded:  # FSDP sums the gradients; no back-off, a pass cut short would leave the group out of step
-            grads, losses = my_micro_batches(spec.micro_batch_size)
+        # Before any collective: a rank that backs off redoes only its own share (never a sharded one: backoff.cuts).
+        grads, losses = clf.backoff.retry("train", spec.micro_batch_size, my_micro_batches, meters=(clf.meter,))
+        if sharded:  # FSDP summed the gradients
             sync(clf)  # a rank with fewer micro-batches pads with zero-weight passes
             losses = share_indexed(group, losses)
-        else:
-            # Before any collective: a rank that backs off redoes only its own share.
-            grads, losses = clf.backoff.retry("train", spec.micro_batch_size, my_micro_batches, meters=(clf.meter,))
-        if group.size > 1 and not sharded:
+        elif group.size > 1:
             _set_grad(params, sum_gradients_in_order(group, grads))
             losses = share_indexed(group, losses)
         step_loss = sum(losses[k] for k in sorted(losses))
@@ -228,8 +226,7 @@ def all_logits(clf: Classifier, seqs: list[list[int]], batch_size: int, group: C
         def run(i: int, j: int, part: list[list[int]] = part, shape: tuple[int, int] = shape) -> np.ndarray:
             return batch_logits(clf, part[i:j], shape).cpu().numpy()
 
-        out[b] = run(0, len(part)) if is_sharded(clf) else np.concatenate(
-            clf.backoff.pieces("eval", len(part), run, meters=(clf.meter,)))
+        out[b] = np.concatenate(clf.backoff.pieces("eval", len(part), run, meters=(clf.meter,)))
     sync(clf)
     allb = share_indexed(group, out)
     return np.concatenate([allb[b] for b in range(n_batches)]) if n_batches else np.zeros((0, 2))
