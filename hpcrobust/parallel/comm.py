@@ -41,6 +41,7 @@ class Comm:
 
     def __init__(self, comm: Any = None) -> None:
         self._c = comm
+        self.tensors: Any = None  # the same ranks' torch.distributed group (parallel/distributed.py), when made
 
     @property
     def rank(self) -> int:

@@ -1,4 +1,4 @@
-"""torch.distributed built from the MPI world, for the collectives that move tensors (sharded models).
+"""torch.distributed built from the MPI world, for the collectives that move tensors (gradients, scores, shards).
 
 MPI stays the launcher and the control plane: whatever started the ranks (`mpiexec`, `srun --mpi=pmi2`,
 submitit) gave them an MPI world, and world rank 0 picks a TCP rendezvous address that MPI hands to every

@@ -27,7 +27,8 @@ class Layout:
     local_size: int
     device: torch.device
     threads: int
-    torch_group: TorchGroup | None = None  # set when the group holds its model as FSDP shards
+    torch_group: TorchGroup | None = None  # the group's device collectives (groups of 2 or more ranks)
+    shard: bool = False  # the group holds each model as FSDP shards (parallel.shard)
 
     @property
     def is_root(self) -> bool:
@@ -108,5 +109,6 @@ def make_layout(cfg: ParallelConfig) -> Layout:
     else:
         threads = max(1, _cores() // local_size)
     torch.set_num_threads(threads)
-    tg = make_groups(w, cfg.ranks_per_group, device) if cfg.shard else None
-    return Layout(w, group, gi, n_groups, local_rank, local_size, device, threads, tg)
+    tg = make_groups(w, cfg.ranks_per_group, device) if cfg.ranks_per_group > 1 else None
+    group.tensors = tg
+    return Layout(w, group, gi, n_groups, local_rank, local_size, device, threads, tg, cfg.shard and tg is not None)

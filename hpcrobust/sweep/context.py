@@ -41,7 +41,7 @@ class SweepContext:
     def backoff(self, run: RunSpec) -> Backoff:
         """The run's out-of-memory back-off: what one round learned stays for the next."""
         if run.key not in self.backoffs:
-            self.backoffs[run.key] = Backoff(fake_oom_above=self.fake_oom_above, cuts=not self.cfg.parallel.shard)
+            self.backoffs[run.key] = Backoff(fake_oom_above=self.fake_oom_above, cuts=not self.layout.shard)
         return self.backoffs[run.key]
 
     def model(self, run: RunSpec) -> ModelConfig:

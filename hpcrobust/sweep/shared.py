@@ -37,7 +37,7 @@ from hpcrobust.sweep.plan import RunSpec
 
 def models_needed_after_runs(ctx: SweepContext) -> bool:
     """Whether this rank brings its models of the round to a cross-run phase (ensemble, transfer)."""
-    return (ctx.layout.is_group_leader or ctx.cfg.parallel.shard) and bool(ctx.cfg.attacks)
+    return (ctx.layout.is_group_leader or ctx.layout.shard) and bool(ctx.cfg.attacks)
 
 
 def release_models(states: Iterable[RoundState]) -> None:
@@ -124,7 +124,7 @@ def transfer_phase(ctx: SweepContext, rnd: int, active: list[RunSpec], held: dic
         sources = [Source(k, *finals[k]) for k in order]
         # a sharded model is run by all its group's ranks together (identical work, identical counts)
         targets = [Target(st.run.index, st.run.key, st.clf, st.correct) for st in held.values()
-                   if a.name in st.results and (lead or cfg.parallel.shard)]
+                   if a.name in st.results and (lead or layout.shard)]
         mat = transfer_matrix(layout.world, a, sources, targets, order, ctx.eval_set)
         arrays[f"{a.name}/{S.TRANSFER_ASR}"] = mat
         arrays[f"{a.name}/{S.TRANSFER_RUNS}"] = text_array(order)
