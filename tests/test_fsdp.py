@@ -191,7 +191,7 @@ def test_plan_divides_a_sharded_models_memory_by_the_group(tmp_path):
     shard = json.loads(run_cli([*args, "parallel.shard=true"], cwd=tmp_path).stdout)
     for w, s in zip(whole["sizes"], shard["sizes"], strict=True):
         assert s["memory"]["optimizer"] == pytest.approx(w["memory"]["optimizer"] / 4)
-        assert s["memory"]["host_gradient_exchange"] == 0
+        assert s["memory"]["gradient_exchange"] == 0 < w["memory"]["gradient_exchange"]
     big_w, big_s = whole["sizes"][-1]["memory"], shard["sizes"][-1]["memory"]  # pythia-12b: 36 layers
     assert big_s["weights"] < big_w["weights"] / 3  # 1/4, plus the gathered embeddings and two layers
     assert any("does not fit" in x and "parallel.shard=true" in x for x in whole["warnings"])

@@ -24,9 +24,9 @@ from hpcrobust.errors import UserError
 from hpcrobust.models.classifier import Classifier
 from hpcrobust.models.config import FamilyConfig, ModelConfig
 from hpcrobust.models.flops import FlopCount
-from hpcrobust.parallel.collectives import gather_losses, ranks_agree, share_indexed
+from hpcrobust.parallel.collectives import ranks_agree, share_indexed
 from hpcrobust.parallel.comm import Comm
-from hpcrobust.parallel.sharding import is_sharded, sync
+from hpcrobust.parallel.sharding import sync
 from hpcrobust.tasks.placement import Encoded
 
 
@@ -231,12 +231,12 @@ def _score_round(engine: ScoringEngine, group: Comm, states: list[ExampleState],
     by_i = {st.i: st for st in running}
     local = {w: engine.score_chunk(w[0], by_i[w[0]].enc, engine.chunk_rows(cands[w[0]], w[1]))
              for w in per_rank[me]}
-    if is_sharded(engine.clf):
-        sync(engine.clf)
+    sync(engine.clf)  # a sharded group ends its scoring passes together
+    if g > 1:  # the scores travel as device tensors (NCCL on GPUs), not as host pickles
         sizes = [[len(engine.chunk_rows(cands[i], j)) for i, j in mine] for mine in per_rank]
-        allsc = gather_scores_on_device(engine.clf.shard.tg, per_rank, sizes, local)
+        allsc = gather_scores_on_device(group.tensors, per_rank, sizes, local)
     else:
-        allsc = gather_losses(group, local)
+        allsc = local
     return {st.i: _concat([allsc[(st.i, j)] for j in range(engine.n_chunks(len(cands[st.i])))])
             for st in running}
 

@@ -1,4 +1,7 @@
-"""Collectives named for what they share. Every cross-rank exchange of the sweep goes through here.
+"""MPI collectives named for what they share: control, records and small results.
+
+Tensors that are large or per candidate (gradient sums, candidate scores, FSDP shards) move on the
+device instead, through torch.distributed (parallel/distributed.py).
 
 Order is always fixed by an index that does not depend on the rank count (micro-batch index,
 example index, candidate chunk index), so the same numbers come out of 1, 2 or 3 ranks.
@@ -8,9 +11,7 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar
-
-import numpy as np
+from typing import TypeVar
 
 from hpcrobust.errors import AgreedFailure, UserError
 from hpcrobust.parallel.comm import Comm
@@ -31,24 +32,6 @@ def share_indexed(comm: Comm, items: dict[int, T]) -> dict[int, T]:
     for part in comm.allgather(items):
         out.update(part)
     return out
-
-
-def sum_gradients_in_order(comm: Comm, grads: dict[int, np.ndarray]) -> np.ndarray:
-    """Sum per-micro-batch gradients in micro-batch order, whoever computed them.
-
-    A fixed summation order keeps the result bit-identical for any number of ranks.
-    """
-    allg = share_indexed(comm, grads)
-    keys = sorted(allg)
-    total = allg[keys[0]].copy()
-    for k in keys[1:]:
-        total += allg[k]
-    return total
-
-
-def gather_losses(comm: Comm, losses: dict[int, Any]) -> dict[int, Any]:
-    """Candidate-chunk losses from every rank of a group, keyed by chunk index."""
-    return share_indexed(comm, losses)
 
 
 def broadcast_from_root(comm: Comm, obj: T) -> T:

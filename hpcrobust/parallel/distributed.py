@@ -96,6 +96,71 @@ def all_gather_rows(tg: TorchGroup, rows: torch.Tensor, n_rows: list[int]) -> li
     return [t[:n] for t, n in zip(out, n_rows, strict=True)]
 
 
+BUCKET_NUMEL = 1 << 24  # float32 elements exchanged per collective (64 MB; a larger tensor goes alone)
+
+
+class OrderedSum:
+    """The sum of n_items lists of float32 tensors, item i computed on group rank i % k, added in item order.
+
+    A fixed order keeps the sum bit-identical to one rank adding the items one after another, whatever k
+    is (an all-reduce adds in an order that depends on k). The items arrive in waves, item j*k + r from rank
+    r in wave j, so a rank holds one item (its gradients) at a time. The tensors are cut into buckets of
+    about BUCKET_NUMEL elements, as DDP does; for each bucket a device `all_to_all` hands rank s slice s of
+    every rank's bucket, and rank s adds those slices in item order (a reduce-scatter with a fixed order).
+    `total()` all-gathers the summed slices. Besides the gradients a rank holds three buckets and 1/k of
+    the sum.
+    """
+
+    def __init__(self, tg: TorchGroup, n_items: int, shapes: list[torch.Size], bucket_numel: int = BUCKET_NUMEL
+                 ) -> None:
+        self.tg, self.n_items, self.shapes = tg, n_items, shapes
+        self.buckets: list[tuple[int, int, int]] = []  # (first tensor, end tensor, elements)
+        start, numel = 0, 0
+        for i, shape in enumerate(shapes):
+            n = shape.numel()
+            if numel and numel + n > bucket_numel:
+                self.buckets.append((start, i, numel))
+                start, numel = i, 0
+            numel += n
+        if numel:
+            self.buckets.append((start, len(shapes), numel))
+        self.parts: list[torch.Tensor | None] = [None] * len(self.buckets)
+        self.wave = 0
+
+    @property
+    def n_waves(self) -> int:
+        return -(-self.n_items // self.tg.size)
+
+    def add_wave(self, mine: list[torch.Tensor] | None) -> None:
+        """This rank's item of the current wave (None when it has none left); collective over the group."""
+        k = self.tg.size
+        for b, (lo, hi, numel) in enumerate(self.buckets):
+            width = -(-numel // k)
+            send = torch.zeros(k * width, dtype=torch.float32, device=self.tg.device)
+            if mine is not None:
+                torch.cat([t.reshape(-1).float() for t in mine[lo:hi]], out=send[:numel])
+            recv = torch.empty_like(send)
+            dist.all_to_all_single(recv, send, group=self.tg.pg)  # chunk r: this rank's slice of r's bucket
+            for r, piece in enumerate(recv.view(k, width)):
+                if self.wave * k + r < self.n_items:
+                    part = self.parts[b]
+                    self.parts[b] = piece.clone() if part is None else part.add_(piece)
+        self.wave += 1
+
+    def total(self) -> list[torch.Tensor]:
+        """The summed tensors, in the given shapes (views into one gathered buffer per bucket)."""
+        out: list[torch.Tensor] = []
+        for b, (lo, hi, _) in enumerate(self.buckets):
+            part, self.parts[b] = self.parts[b], None
+            full = torch.empty(self.tg.size, part.numel(), dtype=torch.float32, device=self.tg.device)
+            dist.all_gather(list(full), part, group=self.tg.pg)
+            flat, off = full.view(-1), 0
+            for shape in self.shapes[lo:hi]:
+                out.append(flat[off: off + shape.numel()].view(shape))
+                off += shape.numel()
+        return out
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -29,6 +29,7 @@ import math
 from dataclasses import dataclass
 
 from hpcrobust.config import AttackConfig, SweepConfig
+from hpcrobust.parallel.distributed import BUCKET_NUMEL
 from hpcrobust.planner.arch import ModelArch
 from hpcrobust.planner.tokens import TaskTokens
 from hpcrobust.training.trainer import MIN_SHARED_PREFIX
@@ -77,7 +78,7 @@ class MemoryPlan:
     activations_checkpointed: float
     train_peak: float
     train_peak_checkpointed: float
-    host_gradient_exchange: float  # numpy copies of per-micro-batch gradients (ranks_per_group > 1), host RAM
+    gradient_exchange: float  # OrderedSum's buffers while a group of whole copies sums a micro-batch's gradients
     sampler: float
     prefix_caches: float
     chunk: float
@@ -186,18 +187,22 @@ def plan_memory(cfg: SweepConfig, m: ModelArch, tt: TaskTokens, sampler_of, on_c
     act = activations(m, tokens, prefix, ft.micro_batch_size)
     act_ck = checkpointed(m, tokens, prefix, ft.micro_batch_size)
     n_mb = ft.batch_size // ft.micro_batch_size
-    several = math.ceil(n_mb / g) > 1  # gradients stay allocated through a rank's later micro-batches
+    # gradients stay allocated through a rank's later micro-batches; whole copies in a group hand each one to
+    # OrderedSum instead, which adds a send and a receive bucket and 1/g of the sum (parallel/distributed.py)
+    replicated = g > 1 and not par.shard
+    several = math.ceil(n_mb / g) > 1 and not replicated
+    bucket = min(m.n_params, max(m.largest_param, BUCKET_NUMEL))
+    exchange = (m.n_params / g + 2 * bucket) * b if replicated else 0.0
 
     def peak(a: float) -> float:
         return weights + cast + opt + (grads + a if several else max(a, grads + scratch))
 
-    host = (n_mb + 1) * m.n_params * 4 if g > 1 else 0.0
     if par.shard and g > 1:  # FSDP: own shards, plus the gathered root unit and a layer (and the next one)
         root = m.vocab * m.hidden + 2 * m.hidden  # embeddings and head (parallel/sharding.py)
         layer = max(m.n_params - root, 0) // max(m.layers, 1)
         weights = (m.n_params / g + root + 2 * layer) * b
         grads = (m.n_params / g + root + layer) * b
-        opt, scratch, host = opt / g, scratch / g, 0.0
+        opt, scratch = opt / g, scratch / g
     val = tt.val.clean()
     scoring = weights + layer_work(m, ft.eval_batch_size, int(val.max()), int(val.max()))  # no cache kept
     what, parts = "clean accuracy", (0.0, 0.0, scoring - weights)
@@ -208,6 +213,8 @@ def plan_memory(cfg: SweepConfig, m: ModelArch, tt: TaskTokens, sampler_of, on_c
         total = weights + extra + caches + max(work, grad)
         if total > scoring:
             scoring, what, parts = total, a.name, (extra, caches, max(work, grad))
-    train = peak(act_ck) if m.checkpointing else peak(act)
-    return MemoryPlan(weights, grads, opt, scratch, act, act_ck, train, peak(act_ck), host, parts[0], parts[1],
+    summing = weights + cast + opt + grads + exchange
+    train = max(peak(act_ck) if m.checkpointing else peak(act), summing)
+    return MemoryPlan(weights, grads, opt, scratch, act, act_ck, train, max(peak(act_ck), summing), exchange,
+                      parts[0], parts[1],
                       parts[2], scoring, what)

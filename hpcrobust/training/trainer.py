@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from hpcrobust.errors import NonFiniteError
 from hpcrobust.models.classifier import Classifier
 from hpcrobust.models.flops import FlopCount
-from hpcrobust.parallel.collectives import my_share, share_indexed, sum_gradients_in_order
+from hpcrobust.parallel.collectives import my_share, share_indexed
 from hpcrobust.parallel.comm import Comm
+from hpcrobust.parallel.distributed import OrderedSum
 from hpcrobust.parallel.sharding import is_sharded, sync
 from hpcrobust.rng import stream
 
@@ -135,20 +136,6 @@ def epoch_order(n: int, epochs: float, batch_size: int, seed: int, key: tuple) -
     return order[:total]
 
 
-def _flat_grad(params: list[torch.nn.Parameter]) -> np.ndarray:
-    """float32 for numpy and MPI (the master weights' gradients already are: models/precision.py)."""
-    return torch.cat([p.grad.reshape(-1) for p in params]).detach().float().cpu().numpy()
-
-
-def _set_grad(params: list[torch.nn.Parameter], flat: np.ndarray) -> None:
-    t = torch.from_numpy(flat)
-    off = 0
-    for p in params:
-        n = p.numel()
-        p.grad = t[off: off + n].view_as(p).to(p.device, p.dtype).clone()
-        off += n
-
-
 def check_finite_weights(clf: Classifier) -> None:
     bad = [n for n, p in clf.model.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:
@@ -170,37 +157,45 @@ def train(clf: Classifier, seqs: list[list[int]], labels: list[int], spec: Train
     params = [p for p in clf.model.parameters() if p.requires_grad]
     opt = make_optimizer(params, spec)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, n_steps, spec))
-    n_mb = spec.batch_size // spec.micro_batch_size
+    mbs_size = spec.micro_batch_size
+    n_mb = spec.batch_size // mbs_size
     sharded = is_sharded(clf)  # FSDP sums the gradients (reduce-scatter); ranks keep their shards
     loss_sum = 0.0
     for step in range(n_steps):
         batch = order[step * spec.batch_size: (step + 1) * spec.batch_size]
-        mine = my_share(group, n_mb)
 
-        def my_micro_batches(size: int, batch: list[int] = batch, mine: list[int] = mine
-                             ) -> tuple[dict[int, np.ndarray], dict[int, float]]:
-            """This rank's share of the step, in sub-batches of `size`; retried whole after out-of-memory."""
+        def backward(mbs: list[int], size: int, batch: list[int] = batch) -> dict[int, float]:
+            """Micro-batches `mbs` of the step, in sub-batches of `size`, into .grad (retried whole after OOM)."""
             opt.zero_grad(set_to_none=True)
-            grads: dict[int, np.ndarray] = {}
-            losses: dict[int, float] = {}
-            for mb in mine:
-                idx = batch[mb * spec.micro_batch_size: (mb + 1) * spec.micro_batch_size]
-                if group.size > 1 and not sharded:
-                    opt.zero_grad(set_to_none=True)
-                losses[mb] = micro_batch_backward(clf, [seqs[i] for i in idx], [labels[i] for i in idx],
-                                                  spec.batch_size, size)
-                if group.size > 1 and not sharded:
-                    grads[mb] = _flat_grad(params)
-            return grads, losses
+            out = {}
+            for mb in mbs:
+                idx = batch[mb * mbs_size: (mb + 1) * mbs_size]
+                out[mb] = micro_batch_backward(clf, [seqs[i] for i in idx], [labels[i] for i in idx], spec.batch_size,
+                                               size)
+            return out
 
-        # Before any collective: a rank that backs off redoes only its own share (never a sharded one: backoff.cuts).
-        grads, losses = clf.backoff.retry("train", spec.micro_batch_size, my_micro_batches, meters=(clf.meter,))
-        if sharded:  # FSDP summed the gradients
-            sync(clf)  # a rank with fewer micro-batches pads with zero-weight passes
+        if group.size > 1 and not sharded:  # each micro-batch's gradient summed on the device, in order
+            summer = OrderedSum(group.tensors, n_mb, [p.shape for p in params])
+            losses: dict[int, float] = {}
+            for wave in range(summer.n_waves):
+                mb = wave * group.size + group.rank
+                grads = None
+                if mb < n_mb:  # a rank backs off inside its own micro-batch, before the wave's collective
+                    losses |= clf.backoff.retry("train", mbs_size, lambda size, mb=mb: backward([mb], size),
+                                                meters=(clf.meter,))
+                    grads = [p.grad.detach() for p in params]
+                summer.add_wave(grads)
+            opt.zero_grad(set_to_none=True)
+            for p, g in zip(params, summer.total(), strict=True):  # float32, as the master weights (precision.py)
+                p.grad = g
             losses = share_indexed(group, losses)
-        elif group.size > 1:
-            _set_grad(params, sum_gradients_in_order(group, grads))
-            losses = share_indexed(group, losses)
+        else:  # one rank adds every micro-batch into .grad; a sharded group's FSDP sums across its ranks
+            mine = my_share(group, n_mb)
+            losses = clf.backoff.retry("train", mbs_size, lambda size, mine=mine: backward(mine, size),
+                                       meters=(clf.meter,))
+            if sharded:
+                sync(clf)  # a rank with fewer micro-batches pads with zero-weight passes
+                losses = share_indexed(group, losses)
         step_loss = sum(losses[k] for k in sorted(losses))
         if not math.isfinite(step_loss):
             raise NonFiniteError(f"the training loss is {step_loss} at step {step + 1} of {n_steps}")
