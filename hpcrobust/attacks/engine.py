@@ -139,7 +139,7 @@ class ScoringEngine:
 
 def gather_scores_on_device(tg: TorchGroup, per_rank: list[list[tuple]], sizes: list[list[int]],
                             local: dict[tuple, Scores]) -> dict[tuple, Scores]:
-    """Every rank's chunk scores on every rank of a sharded group, moved as one device tensor per rank.
+    """Every rank's chunk scores on every rank of the group, moved as one device tensor per rank (NCCL on GPUs).
 
     `per_rank[r]` lists the (example, chunk) keys rank r scored, `sizes[r]` their candidate counts; every
     rank knows both, so only the numbers travel (losses and flips as float64 rows).
