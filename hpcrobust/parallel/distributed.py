@@ -126,6 +126,9 @@ class OrderedSum:
             self.buckets.append((start, len(shapes), numel))
         self.parts: list[torch.Tensor | None] = [None] * len(self.buckets)
         self.wave = 0
+        most = max((-(-n // tg.size) * tg.size for _, _, n in self.buckets), default=0)
+        self._send = torch.zeros(most, dtype=torch.float32, device=tg.device)  # reused by every bucket and wave
+        self._recv = torch.empty_like(self._send)
 
     @property
     def n_waves(self) -> int:
@@ -136,10 +139,12 @@ class OrderedSum:
         k = self.tg.size
         for b, (lo, hi, numel) in enumerate(self.buckets):
             width = -(-numel // k)
-            send = torch.zeros(k * width, dtype=torch.float32, device=self.tg.device)
+            send, recv = self._send[: k * width], self._recv[: k * width]
             if mine is not None:
                 torch.cat([t.reshape(-1).float() for t in mine[lo:hi]], out=send[:numel])
-            recv = torch.empty_like(send)
+                send[numel:].zero_()
+            else:
+                send.zero_()
             dist.all_to_all_single(recv, send, group=self.tg.pg)  # chunk r: this rank's slice of r's bucket
             for r, piece in enumerate(recv.view(k, width)):
                 if self.wave * k + r < self.n_items:
@@ -150,6 +155,7 @@ class OrderedSum:
     def total(self) -> list[torch.Tensor]:
         """The summed tensors, in the given shapes (views into one gathered buffer per bucket)."""
         out: list[torch.Tensor] = []
+        self._send = self._recv = None  # their memory goes back before the gathered sums are made
         for b, (lo, hi, _) in enumerate(self.buckets):
             part, self.parts[b] = self.parts[b], None
             full = torch.empty(self.tg.size, part.numel(), dtype=torch.float32, device=self.tg.device)
