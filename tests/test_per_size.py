@@ -127,6 +127,19 @@ def test_a_sharded_size_beside_a_whole_one(reference):
             np.testing.assert_allclose(m3, m1, atol=0.25 + 1e-9)
 
 
+def test_ensemble_gcg_across_groups_of_different_sizes(tiny):
+    """The ensemble phase meets across the world: a group of 1 (xs) and a group of 2 (s) attack one string."""
+    args = ["seeds=[0]", "attacks.1.ensemble=true", "--quiet"]
+    one = run_cli(["run", tiny.name, "output=one.h5", *args], cwd=tiny.parent)
+    assert one.returncode == 0, one.stderr[-3000:]
+    three = run_cli(["run", tiny.name, "output=three.h5", *args, *PER_SIZE], ranks=3, cwd=tiny.parent)
+    assert three.returncode == 0, three.stderr[-3000:]
+    assert assert_same(tiny.parent / "one.h5", tiny.parent / "three.h5") > 50
+    with h5py.File(tiny.parent / "three.h5") as f:  # one string for both sizes
+        tokens = [f[f"runs/{r}/rounds/0000/attacks/gcg/attack_tokens"][()] for r in ("xs__seed0", "s__seed0")]
+        np.testing.assert_array_equal(*tokens)
+
+
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_a_world_of_the_wrong_size_is_one_line_and_writes_nothing(tiny, ranks):
     proc = run_cli(["run", tiny.name, *PER_SIZE], ranks=ranks, cwd=tiny.parent)
