@@ -60,7 +60,7 @@ def needs(sizes: list[SizeGroups]) -> str:
 def check_world(sizes: list[SizeGroups], started: int) -> None:
     """A per-size layout uses exactly its ranks: fewer cannot hold it, more would sit idle."""
     if needed_ranks(sizes) != started:
-        raise UserError(f"{needs(sizes)} but {started} were started")
+        raise UserError(f"{needs(sizes)} but {started} {'was' if started == 1 else 'were'} started")
 
 
 def group_ranks(sizes: list[SizeGroups]) -> list[list[int]]:
