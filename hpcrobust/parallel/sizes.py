@@ -108,7 +108,8 @@ def job_nodes(models: list[ModelConfig], ranks_per_group: int, seeds_per_job: li
     if ranks % tasks_per_node:
         raise UserError(f"launch.tasks_per_node: {needs(sizes)}, not a whole number of nodes of {tasks_per_node}"
                         f" (launch.tasks_per_node); change models.N.ranks or models.N.groups so the sum divides by"
-                        f" {tasks_per_node}, or set launch.tasks_per_node to a divisor of {ranks}")
+                        f" {tasks_per_node}, or set launch.tasks_per_node (and launch.gpus_per_node) to a divisor"
+                        f" of {ranks}")
     derived = ranks // tasks_per_node
     if nodes not in (1, derived):
         raise UserError(f"launch.nodes: {nodes}, but {needs(sizes)}, which is {derived} node(s) of"
