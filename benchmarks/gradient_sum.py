@@ -39,7 +39,7 @@ def main() -> None:
     w = world()
     if w.size < 2:
         sys.exit("run it under mpiexec -n 2 (or more)")
-    tg = make_groups(w, w.size, torch.device("cpu"))
+    tg = make_groups(w, [list(range(w.size))], torch.device("cpu"))
     k, n, p = w.size, args.micro_batches, args.params
     shapes = [torch.Size([p // 4]), torch.Size([p - p // 4])]  # two tensors, as a model has many
     mine = {i: torch.full((p,), float(i + 1)) for i in range(w.rank, n, k)}

@@ -44,7 +44,7 @@ def main() -> None:
     m = ModelConfig(name_or_path=f"builtin:{args.size}", torch_dtype=args.dtype)
     clf = load_classifier(m, cfg.family, torch.device("cpu"), seed=0)
     if w.size > 1:
-        w.tensors = make_groups(w, w.size, torch.device("cpu"))  # as make_layout does for a group
+        w.tensors = make_groups(w, [list(range(w.size))], torch.device("cpu"))  # as make_layout does for a group
         shard_classifier(clf, w.tensors, w)
     task = load_task(TaskConfig(name="password_match", n_train=96, n_val=12))
     out: dict[str, np.ndarray] = {}

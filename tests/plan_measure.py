@@ -24,6 +24,7 @@ from hpcrobust.attacks.evaluate import encode_examples  # noqa: E402
 from hpcrobust.config import SweepConfig  # noqa: E402
 from hpcrobust.models.classifier import Classifier  # noqa: E402
 from hpcrobust.parallel.comm import world  # noqa: E402
+from hpcrobust.parallel.sizes import size_ranks  # noqa: E402
 from hpcrobust.planner import memory as M  # noqa: E402
 from hpcrobust.planner.arch import model_arch  # noqa: E402
 from hpcrobust.planner.tokens import task_tokens  # noqa: E402
@@ -102,10 +103,11 @@ def planned(cfg: SweepConfig, index: int, attack: int, on_cuda: bool) -> tuple[f
     def sampler_of(a):
         return model_arch(sampler_model(a), cfg.family, causal_lm=True) if a.type == "beast" else None
 
-    mem = M.plan_memory(cfg, arch, tt, sampler_of, on_cuda)
+    mem = M.plan_memory(cfg, arch, tt, sampler_of, on_cuda, size_ranks(m, cfg.parallel.ranks_per_group))
     a = cfg.attacks[attack]
     caches, work, extra, grad = M.attack_scoring(arch, a, tt, a.n_examples, cfg.parallel.score_chunk,
-                                                 cfg.parallel.ranks_per_group, sampler_of(a), train=False)
+                                                 size_ranks(m, cfg.parallel.ranks_per_group), sampler_of(a),
+                                                 train=False)
     return mem.train_peak, mem.weights + extra + caches + max(work, grad)
 
 if __name__ == "__main__":  # on a GPU machine: python tests/plan_measure.py cuda CONFIG

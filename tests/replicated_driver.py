@@ -74,7 +74,7 @@ def main() -> None:
     torch.set_num_threads(1)
     w = world()
     if w.size > 1:
-        w.tensors = make_groups(w, w.size, torch.device("cpu"))
+        w.tensors = make_groups(w, [list(range(w.size))], torch.device("cpu"))
     out: dict[str, np.ndarray] = {}
     if w.size > 1:
         out["ordered_sum"] = check_ordered_sum(w)

@@ -189,3 +189,19 @@ def test_rendered_sbatch_template_runs_two_ranks(work, partition):
     assert info.state in ("COMPLETED", "GONE"), (info, log[-2000:])
     assert "2 rank(s)" in log
     assert committed_rounds(work / "tpl.h5")["xs__seed0"] == {0}
+
+
+
+def test_per_size_job_matches_mpiexec(work, partition, mpiexec_reference):
+    """models.N.ranks/groups: xs and s each on its own 1-rank group (both seeds in turn); `submit` sizes the job
+    from them (1 + 1 ranks: one node of launch.tasks_per_node=2). A group of 2 beside one of 1 would need 3 tasks,
+    which this 2-core node refuses (--ntasks-per-node=3, even with --overcommit); tests/test_per_size.py runs that
+    layout under mpiexec."""
+    ids = _submit(work, partition, "launch.tasks_per_node=2", "models.0.ranks=1", "models.0.groups=1",
+                  "models.1.ranks=1", "models.1.groups=1", "output=sizes.h5")
+    infos = _wait(ids)
+    assert infos[ids[0]].state in ("COMPLETED", "GONE"), infos
+    script = (work / "logs" / ids[0] / f"{ids[0]}_submission.sh").read_text()
+    assert "#SBATCH --nodes=1" in script and "#SBATCH --ntasks-per-node=2" in script
+    assert "2 rank(s) in 2 group(s) (xs: 1 group x 1 rank, s: 1 group x 1 rank)" in _log(work, ids[0])
+    assert assert_same(mpiexec_reference, work / "sizes.h5") > 100

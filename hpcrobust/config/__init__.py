@@ -22,6 +22,7 @@ from hpcrobust.fields import build, setting, to_data
 from hpcrobust.fields import describe as describe_fields
 from hpcrobust.models.config import FamilyConfig, ModelConfig, model_label
 from hpcrobust.parallel.config import ParallelConfig
+from hpcrobust.parallel.sizes import is_per_size, size_ranks
 from hpcrobust.store.identity import science_hash_of
 from hpcrobust.tasks.config import TaskConfig
 from hpcrobust.tracking.config import TrackingConfig
@@ -111,9 +112,12 @@ def _validate(cfg: SweepConfig) -> None:
             raise UserError(f"advtrain.attack: '{cfg.advtrain.attack}' is not defined in train_attacks"
                             f" (defined: {', '.join(names) or 'none'})")
     cfg.launch.validate(len(cfg.seeds))
-    if cfg.parallel.shard and cfg.parallel.ranks_per_group < 2:
+    per_size = is_per_size(cfg.models)
+    if cfg.parallel.shard and max(size_ranks(m, cfg.parallel.ranks_per_group) for m in cfg.models) < 2:
         raise UserError("parallel.shard: sharding needs parallel.ranks_per_group of 2 or more (a group of one"
-                        " rank holds the whole model)")
+                        " rank holds the whole model)" if not per_size else "parallel.shard: sharding needs a"
+                        " size with 2 or more ranks (models.N.ranks, or parallel.ranks_per_group for sizes without"
+                        " it); a group of one rank holds the whole model")
     if cfg.parallel.shard and any(a.ensemble for a in cfg.attacks):
         raise UserError("parallel.shard: ensemble attacks (params.ensemble) are not supported with sharded models")
 

@@ -17,7 +17,8 @@ class LaunchConfig:
     slurm_account: str = setting("", doc="account")
     slurm_qos: str = setting("", doc="quality of service")
     slurm_constraint: str = setting("", doc="node feature constraint")
-    nodes: int = setting(1, lo=1, hi=10**5, doc="nodes per job")
+    nodes: int = setting(1, lo=1, hi=10**5, doc="nodes per job (with models.N.ranks/groups: their ranks over"
+                                                 " tasks_per_node)")
     tasks_per_node: int = setting(1, lo=1, hi=10**4, doc="MPI ranks per node (with GPUs: one rank per GPU)")
     gpus_per_node: int = setting(0, lo=0, hi=10**3, doc="GPUs per node")
     cpus_per_task: int = setting(1, lo=1, hi=10**4, doc="cores per rank")

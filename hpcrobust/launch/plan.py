@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hpcrobust.config import LaunchConfig, SweepConfig, load_config
 from hpcrobust.errors import UserError
+from hpcrobust.parallel.sizes import job_nodes
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,15 @@ def plan_tasks(cfg: SweepConfig, overrides: list[str]) -> list[TaskSpec]:
         seed_list = "[" + ",".join(map(str, seeds)) + "]"
         tasks.append(TaskSpec(label, tuple(seeds), out, base, (f"seeds={seed_list}", _path_override("output", out))))
     return tasks
+
+
+def job_nodes_of(cfg: SweepConfig, tasks: list[TaskSpec], config: str | Path) -> int:
+    """Nodes of each job: launch.nodes, or in the per-size layout the sizes' ranks over launch.tasks_per_node."""
+    try:
+        return job_nodes(cfg.models, cfg.parallel.ranks_per_group, [len(t.seeds) for t in tasks], cfg.launch.nodes,
+                         cfg.launch.tasks_per_node)
+    except UserError as exc:
+        raise UserError(f"{config}: {exc}") from None
 
 
 def task_configs(config: str | Path, tasks: list[TaskSpec]) -> list[SweepConfig]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hpcrobust.config import SweepConfig, directive_safe, load_config, read_text_file
 from hpcrobust.errors import UserError
-from hpcrobust.launch.plan import job_name, log_root, plan_tasks, quote_times
+from hpcrobust.launch.plan import job_name, job_nodes_of, log_root, plan_tasks, quote_times
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "slurm_templates"
 PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
@@ -91,7 +91,8 @@ def template_values(config: Path, cfg: SweepConfig, overrides: list[str], workdi
     mem = f"{int(launch.mem_gb)}G" if launch.mem_gb == int(launch.mem_gb) else f"{int(launch.mem_gb * 1024)}M"
     logs = log_root(launch.folder)
     return {
-        "job_name": job_name(config, cfg.experiment), "nodes": launch.nodes, "tasks_per_node": launch.tasks_per_node,
+        "job_name": job_name(config, cfg.experiment), "nodes": job_nodes_of(cfg, tasks, config),
+        "tasks_per_node": launch.tasks_per_node,
         "cpus_per_task": launch.cpus_per_task, "mem": mem, "time": launch.minutes(),
         "signal_delay_s": launch.slurm_signal_delay_s,
         "log_file": str(logs / ("%x-%A_%a.out" if array else "%x-%j.out")),

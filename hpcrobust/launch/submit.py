@@ -25,7 +25,16 @@ import yaml
 from hpcrobust.config import LaunchConfig, SweepConfig, load_config, to_yaml
 from hpcrobust.errors import UserError
 from hpcrobust.launch.job import SweepJob
-from hpcrobust.launch.plan import TaskSpec, job_name, log_root, plan_tasks, quote_times, require_partition, task_configs
+from hpcrobust.launch.plan import (
+    TaskSpec,
+    job_name,
+    job_nodes_of,
+    log_root,
+    plan_tasks,
+    quote_times,
+    require_partition,
+    task_configs,
+)
 
 CLUSTERS = ("slurm", "local", "debug")
 
@@ -43,11 +52,12 @@ class Plan:
     parameters: dict[str, Any]
 
 
-def slurm_parameters(launch: LaunchConfig, name: str, setup: list[str]) -> dict[str, Any]:
-    """SlurmExecutor's own parameter names, from the config's AutoExecutor names."""
+def slurm_parameters(launch: LaunchConfig, name: str, setup: list[str], nodes: int) -> dict[str, Any]:
+    """SlurmExecutor's own parameter names, from the config's AutoExecutor names (`nodes`: launch.nodes, or
+    what the per-size layout needs)."""
     mem = f"{int(launch.mem_gb)}GB" if launch.mem_gb == int(launch.mem_gb) else f"{int(launch.mem_gb * 1024)}MB"
     p: dict[str, Any] = {
-        "job_name": name, "partition": launch.slurm_partition, "time": launch.minutes(), "nodes": launch.nodes,
+        "job_name": name, "partition": launch.slurm_partition, "time": launch.minutes(), "nodes": nodes,
         "ntasks_per_node": launch.tasks_per_node, "cpus_per_task": launch.cpus_per_task, "mem": mem,
         "signal_delay_s": launch.slurm_signal_delay_s, "array_parallelism": launch.slurm_array_parallelism,
         "srun_args": list(launch.slurm_srun_args), "setup": setup,
@@ -82,10 +92,12 @@ def make_plan(config: str, overrides: list[str], cluster: str, dry_run: bool = F
         require_partition(launch, config)
         if not dry_run and shutil.which("sbatch") is None:
             raise UserError("sbatch not found: --cluster slurm needs a SLURM login node (try --cluster local)")
-    elif launch.nodes * launch.tasks_per_node > 1:
-        raise UserError(f"{config}: --cluster {cluster} runs one rank (submitit starts local tasks without MPI);"
-                        f" add launch.nodes=1 launch.tasks_per_node=1, or use `mpiexec -n K hpcrobust run`")
     tasks = plan_tasks(cfg, overrides)
+    nodes = job_nodes_of(cfg, tasks, config)
+    if cluster != "slurm" and nodes * launch.tasks_per_node > 1:
+        raise UserError(f"{config}: --cluster {cluster} runs one rank (submitit starts local tasks without MPI);"
+                        f" add launch.nodes=1 launch.tasks_per_node=1 (and no models.N.ranks/groups that need"
+                        f" more), or use `mpiexec -n K hpcrobust run`")
     _check_tasks(config, task_configs(config, tasks))  # the tracker's extra too: the job runs in this environment
     folder = Path(launch.folder).expanduser().absolute()
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
@@ -95,7 +107,7 @@ def make_plan(config: str, overrides: list[str], cluster: str, dry_run: bool = F
         if launch.freeze_code:
             code = shlex.quote(str(freeze_dir / "code"))
             setup.append(f"export PYTHONPATH={code}${{PYTHONPATH:+:$PYTHONPATH}}")
-        params = slurm_parameters(launch, job_name(config, cfg.experiment), setup)
+        params = slurm_parameters(launch, job_name(config, cfg.experiment), setup, nodes)
     elif cluster == "local":
         params = {"timeout_min": launch.minutes(), "tasks_per_node": 1, "gpus_per_node": launch.gpus_per_node,
                   "signal_delay_s": launch.slurm_signal_delay_s}

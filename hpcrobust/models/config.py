@@ -32,6 +32,10 @@ class ModelConfig:
     random_token_defense: int = setting(-1, lo=-1, hi=4096, doc="this size's baseline defense (-1 ="
                                         " finetune.random_token_defense)")
     label: str = setting("", doc="short name in the results (default: derived from name_or_path)")
+    ranks: int = setting(0, lo=0, hi=10**6, doc="ranks that hold one run of this size (0 = parallel.ranks_per_group);"
+                         " setting it or groups on any size cuts the world per size")
+    groups: int = setting(0, lo=0, hi=10**6, doc="groups of `ranks` ranks that serve this size (0 = one per seed of"
+                          " the job, all its runs at once); only in the per-size layout")
 
     @classmethod
     def from_data(cls, value: object, key: str) -> ModelConfig:

@@ -16,4 +16,5 @@ class ParallelConfig:
     score_chunk: int = setting(64, lo=1, hi=10**6, doc="candidates per scoring chunk (fixed, so results do not depend"
                                                        " on ranks)")
     shard: bool = setting(False, doc="shard each run's model across its group's ranks with PyTorch FSDP (needs"
-                                     " ranks_per_group > 1; NCCL on GPUs, gloo on CPU)")
+                                     " ranks_per_group > 1, or per size models.N.ranks > 1; NCCL on GPUs, gloo on"
+                                     " CPU)")

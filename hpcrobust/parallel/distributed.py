@@ -3,8 +3,8 @@
 MPI stays the launcher and the control plane: whatever started the ranks (`mpiexec`, `srun --mpi=pmi2`,
 submitit) gave them an MPI world, and world rank 0 picks a TCP rendezvous address that MPI hands to every
 rank. So nothing about the launch changes, and no MASTER_ADDR/MASTER_PORT has to be set by hand. The
-backend is NCCL when the ranks use CUDA and gloo on CPU. One torch process group is made per MPI group,
-in the same order on every rank, as `new_group` requires.
+backend is NCCL when the ranks use CUDA and gloo on CPU. One torch process group is made per MPI group
+of 2 or more ranks, in the same order on every rank, as `new_group` requires.
 """
 
 from __future__ import annotations
@@ -70,16 +70,17 @@ def init_from_mpi(world: Comm, device: torch.device) -> None:
                             world_size=world.size, timeout=TIMEOUT)
 
 
-def make_groups(world: Comm, ranks_per_group: int, device: torch.device) -> TorchGroup:
-    """Every MPI group's torch group, created collectively in group order; returns this rank's."""
+def make_groups(world: Comm, groups: list[list[int]], device: torch.device) -> TorchGroup | None:
+    """A torch group for every MPI group of 2 or more ranks (`groups`: each group's world ranks), created
+    collectively in group order on every rank; returns this rank's (None when its group is one rank)."""
     init_from_mpi(world, device)
     mine = None
-    for g in range(world.size // ranks_per_group):
-        ranks = list(range(g * ranks_per_group, (g + 1) * ranks_per_group))
+    for ranks in groups:
+        if len(ranks) < 2:
+            continue
         pg = dist.new_group(ranks=ranks, backend=backend_for(device))
         if world.rank in ranks:
             mine = TorchGroup(pg, ranks, device)
-    assert mine is not None
     return mine
 
 

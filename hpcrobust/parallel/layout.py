@@ -7,14 +7,25 @@ decides who does which work, on which device, with how many threads.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from hpcrobust.errors import UserError
+from hpcrobust.models.config import ModelConfig
 from hpcrobust.parallel.comm import Comm, world
 from hpcrobust.parallel.config import ParallelConfig
 from hpcrobust.parallel.distributed import TorchGroup, make_groups
+from hpcrobust.parallel.sizes import (
+    SizeGroups,
+    check_world,
+    equal_groups,
+    group_ranks,
+    groups_of_runs,
+    is_per_size,
+    size_groups,
+)
+from hpcrobust.parallel.sizes import describe as describe_sizes
 
 
 @dataclass
@@ -28,7 +39,9 @@ class Layout:
     device: torch.device
     threads: int
     torch_group: TorchGroup | None = None  # the group's device collectives (groups of 2 or more ranks)
-    shard: bool = False  # the group holds each model as FSDP shards (parallel.shard)
+    shard: bool = False  # the group holds each model as FSDP shards (parallel.shard, a group of 2 or more)
+    group_of_run: list[int] = field(default_factory=list)  # run index -> the group that computes it
+    sizes: list[SizeGroups] | None = None  # the per-size layout's groups (None: equal groups)
 
     @property
     def is_root(self) -> bool:
@@ -38,9 +51,14 @@ class Layout:
     def is_group_leader(self) -> bool:
         return self.group.rank == 0
 
-    def runs_of_group(self, n_runs: int, group_index: int | None = None) -> list[int]:
+    def runs_of_group(self, group_index: int | None = None) -> list[int]:
         g = self.group_index if group_index is None else group_index
-        return [i for i in range(n_runs) if i % self.n_groups == g]
+        return [i for i, owner in enumerate(self.group_of_run) if owner == g]
+
+    def describe(self) -> str:
+        """`3 rank(s) in 2 group(s)`, with each size's groups in the per-size layout."""
+        text = f"{self.world.size} rank(s) in {self.n_groups} group(s)"
+        return f"{text} ({describe_sizes(self.sizes)})" if self.sizes else text
 
 
 def _cores() -> int:
@@ -85,8 +103,10 @@ def pick_device(kind: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def check_parallel(cfg: ParallelConfig, world_size: int) -> None:
-    if world_size % cfg.ranks_per_group:
+def check_parallel(cfg: ParallelConfig, world_size: int, sizes: list[SizeGroups] | None = None) -> None:
+    if sizes is not None:
+        check_world(sizes, world_size)
+    elif world_size % cfg.ranks_per_group:
         raise UserError(f"parallel.ranks_per_group: {cfg.ranks_per_group} does not divide the"
                         f" {world_size} ranks")
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -94,11 +114,17 @@ def check_parallel(cfg: ParallelConfig, world_size: int) -> None:
     check_gpus_usable(cfg.device)
 
 
-def make_layout(cfg: ParallelConfig) -> Layout:
+def make_layout(cfg: ParallelConfig, models: list[ModelConfig], n_seeds: int) -> Layout:
+    """Collective over the world: this rank's group, device and threads, for a job of `n_seeds` seeds of
+    `models` (the per-size layout when any model sets ranks or groups)."""
     w = world()
-    check_parallel(cfg, w.size)
-    n_groups = w.size // cfg.ranks_per_group
-    gi = w.rank // cfg.ranks_per_group
+    sizes = size_groups(models, cfg.ranks_per_group, n_seeds) if is_per_size(models) else None
+    check_parallel(cfg, w.size, sizes)
+    if sizes is not None:
+        ranks, owners = group_ranks(sizes), groups_of_runs(sizes, n_seeds)
+    else:
+        ranks, owners = equal_groups(w.size, cfg.ranks_per_group, len(models) * n_seeds)
+    gi = next(g for g, members in enumerate(ranks) if w.rank in members)
     group = w.split(gi, w.rank)
     local_rank, local_size = w.local_rank_and_size()
     device = pick_device(cfg.device, local_rank)
@@ -109,6 +135,7 @@ def make_layout(cfg: ParallelConfig) -> Layout:
     else:
         threads = max(1, _cores() // local_size)
     torch.set_num_threads(threads)
-    tg = make_groups(w, cfg.ranks_per_group, device) if cfg.ranks_per_group > 1 else None
+    tg = make_groups(w, ranks, device) if any(len(r) > 1 for r in ranks) else None
     group.tensors = tg
-    return Layout(w, group, gi, n_groups, local_rank, local_size, device, threads, tg, cfg.shard and tg is not None)
+    return Layout(w, group, gi, len(ranks), local_rank, local_size, device, threads, tg,
+                  cfg.shard and tg is not None, owners, sizes)

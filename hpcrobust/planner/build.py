@@ -4,8 +4,9 @@
 
 The layout is `submit`'s: one job, or one per seed or shard (`launch.array_over`); each job's world of
 launch.nodes x launch.tasks_per_node ranks is cut into groups of parallel.ranks_per_group, run i goes to
-group i mod n_groups, and every group finishes round r before any commits it, so a job's round lasts as
-long as its busiest group's runs of that round.
+group i mod n_groups (or, in the per-size layout of models.N.ranks/groups, each size's runs to its own
+groups, and the job is as large as their sum), and every group finishes round r before any commits it,
+so a job's round lasts as long as its busiest group's runs of that round.
 """
 
 from __future__ import annotations
@@ -18,6 +19,16 @@ from hpcrobust.attacks.beast import sampler_model
 from hpcrobust.config import SweepConfig
 from hpcrobust.errors import UserError
 from hpcrobust.launch.plan import plan_tasks, quote_times
+from hpcrobust.parallel.sizes import describe as describe_sizes
+from hpcrobust.parallel.sizes import (
+    equal_groups,
+    group_ranks,
+    groups_of_runs,
+    is_per_size,
+    job_nodes,
+    size_groups,
+    size_ranks,
+)
 from hpcrobust.planner.arch import ModelArch, model_arch
 from hpcrobust.planner.calibrate import Calibration
 from hpcrobust.planner.checks import warnings_for
@@ -66,8 +77,9 @@ def rounds_per_model(cfg: SweepConfig, archs: list[ModelArch]) -> list[int]:
 class Timer:
     """Seconds of a phase on the device, with the calibrated (or default) utilisation of its kind and size."""
 
-    def __init__(self, device: Device, opts: Options, cfg: SweepConfig) -> None:
+    def __init__(self, device: Device, opts: Options, cfg: SweepConfig, ranks: dict[str, int]) -> None:
         self.device, self.opts, self.cfg = device, opts, cfg
+        self.ranks = ranks  # size label -> ranks of its group
         self.used: dict[tuple[str, str], float] = {}
         self.missing: set[str] = set()
 
@@ -85,7 +97,7 @@ class Timer:
         return u, c
 
     def phase(self, p: Phase, m: ModelArch) -> float:
-        g = self.cfg.parallel.ranks_per_group
+        g = self.ranks[m.label]
         u, _ = self.utilisation(p.kind, m)
         share = {TRAIN: min(g, self.cfg.finetune.batch_size // self.cfg.finetune.micro_batch_size)}.get(p.kind, g)
         return p.flops.actual / (u * self.device.rate(m.dtype)) / share
@@ -123,7 +135,8 @@ def _plan_sweep(cfg: SweepConfig, overrides: list[str], opts: Options, device: D
     n_rounds = rounds_per_model(cfg, archs)
     accuracy = {a.label: accuracy_for(a, opts) for a in archs}
     costs = CostModel(cfg, {k: v[0] for k, v in accuracy.items()})
-    timer = Timer(device, opts, cfg)
+    group_size = [size_ranks(m, cfg.parallel.ranks_per_group) for m in cfg.models]
+    timer = Timer(device, opts, cfg, {a.label: g for a, g in zip(archs, group_size, strict=True)})
     runs = plan_runs(cfg)
     sources = transfer_sources(cfg, runs, n_rounds)
     tokens = {mi: task_tokens(task, m, cfg.family) for mi, m in enumerate(cfg.models)}
@@ -139,7 +152,7 @@ def _plan_sweep(cfg: SweepConfig, overrides: list[str], opts: Options, device: D
     sizes = []
     for mi, m in enumerate(cfg.models):
         mine = [rp for rp in run_plans.values() if rp.run.model_index == mi]
-        mem = plan_memory(cfg, archs[mi], tokens[mi], sampler_of, device.gpu)
+        mem = plan_memory(cfg, archs[mi], tokens[mi], sampler_of, device.gpu, group_size[mi])
         usable = device.usable_bytes()
         fits = None if not usable else mem.peak <= usable
         advs = [sum(p.flops.nominal for rp in mine for p in rp.rounds[k].phases if p.recorded == "defense_flops")
@@ -159,7 +172,8 @@ def _plan_sweep(cfg: SweepConfig, overrides: list[str], opts: Options, device: D
             transfer_s=sum(timer.phase(p, archs[mi]) for rr in slow.rounds for p in rr.phases
                            if p.name.startswith("transfer ")),
             utilisation={k: u for (lab, k), u in timer.used.items() if lab == archs[mi].label},
-            accuracy=accuracy[archs[mi].label][0]))
+            accuracy=accuracy[archs[mi].label][0], ranks=group_size[mi],
+            sharded=cfg.parallel.shard and group_size[mi] > 1))
     startup = opts.calibration.startup_s if opts.calibration else 0.0
     jobs = plan_jobs(cfg, overrides, n_rounds, run_round_s, device, startup)
     how = (f"calibrated from {opts.calibration.source}" if opts.calibration else
@@ -171,7 +185,7 @@ def _plan_sweep(cfg: SweepConfig, overrides: list[str], opts: Options, device: D
                 [f"{archs[mi].label}: {t.source}" for mi, t in tokens.items()],
                 sizes, jobs, cfg.launch.minutes() * 60.0, cfg.launch.max_requeues)
     plan.startup_s = startup
-    plan.sharded = cfg.parallel.shard and cfg.parallel.ranks_per_group > 1
+    plan.sharded = any(s.sharded for s in sizes)
     plan.warnings, plan.notes = warnings_for(cfg, plan, run_plans)
     plan.seconds = time.time() - t0
     return plan
@@ -180,19 +194,28 @@ def _plan_sweep(cfg: SweepConfig, overrides: list[str], opts: Options, device: D
 def plan_jobs(cfg: SweepConfig, overrides: list[str], n_rounds: list[int], run_round_s: dict[str, list[float]],
               device: Device, startup_s: float = 0.0) -> list[JobPlan]:
     launch, g = cfg.launch, cfg.parallel.ranks_per_group
-    ranks = launch.nodes * launch.tasks_per_node
-    if ranks % g:
+    tasks = plan_tasks(cfg, quote_times(overrides))
+    nodes = job_nodes(cfg.models, g, [len(t.seeds) for t in tasks], launch.nodes, launch.tasks_per_node)
+    ranks = nodes * launch.tasks_per_node
+    per_size = is_per_size(cfg.models)
+    if not per_size and ranks % g:
         raise UserError(f"parallel.ranks_per_group: {g} does not divide the {ranks} ranks"
                         f" (launch.nodes x launch.tasks_per_node)")
-    n_groups = ranks // g
-    gpus = launch.nodes * launch.gpus_per_node
+    gpus = nodes * launch.gpus_per_node
     jobs = []
-    for t in plan_tasks(cfg, quote_times(overrides)):
+    for t in tasks:
         seeds = list(t.seeds)
-        runs: list[RunSpec] = [r for r in plan_runs(cfg) if r.seed in seeds]
-        by_group: list[list[RunSpec]] = [[] for _ in range(n_groups)]
+        runs: list[RunSpec] = [r for r in plan_runs(cfg) if r.seed in seeds]  # model-major, as in the run
+        if per_size:
+            sizes = size_groups(cfg.models, g, len(seeds))
+            members, owners = group_ranks(sizes), groups_of_runs(sizes, len(seeds))
+            shape = f"{nodes} node(s), {len(members)} group(s): {describe_sizes(sizes)}"
+        else:
+            members, owners = equal_groups(ranks, g, len(runs))
+            shape = f"{len(members)} group(s) of {g}"
+        by_group: list[list[RunSpec]] = [[] for _ in members]
         for i, r in enumerate(runs):
-            by_group[i % n_groups].append(r)
+            by_group[owners[i]].append(r)
         last = max(n_rounds[r.model_index] for r in runs)
         round_s = []
         for k in range(last + 1):
@@ -200,11 +223,11 @@ def plan_jobs(cfg: SweepConfig, overrides: list[str], n_rounds: list[int], run_r
             round_s.append(max(loads))
         round_s[0] += startup_s  # the process's start-up, measured by calibration
         wall = sum(round_s)
-        busy = sum(sum(run_round_s[r.key]) for r in runs) * g
+        busy = sum(sum(run_round_s[r.key]) * len(members[gi]) for gi, grp in enumerate(by_group) for r in grp)
         per = gpus if device.gpu and gpus else ranks
-        jobs.append(JobPlan(t.label or "job", seeds, str(t.output), ranks, n_groups, gpus,
+        jobs.append(JobPlan(t.label or "job", seeds, str(t.output), ranks, len(members), gpus,
                             [[r.key for r in grp] for grp in by_group], round_s, wall, wall * per / 3600,
-                            busy / 3600))
+                            busy / 3600, nodes, shape, [len(m) for m in members]))
     return jobs
 
 

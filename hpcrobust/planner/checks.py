@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from hpcrobust.config import SweepConfig
+from hpcrobust.parallel.sizes import is_per_size, size_ranks
 from hpcrobust.planner.costs import RunPlan
 from hpcrobust.planner.memory import MAX_CACHED_EXAMPLES, GiB
 from hpcrobust.planner.result import Plan
@@ -48,8 +49,9 @@ def memory_warnings(cfg: SweepConfig, plan: Plan) -> list[str]:
             if mem.train_peak_checkpointed <= usable < mem.train_peak:
                 fixes.append(f"gradient_checkpointing: true for this size ({gib(mem.train_peak_checkpointed)})")
             if mem.weights + mem.gradients + mem.optimizer > usable:
-                fixes.append("a larger GPU, or more ranks per group" if cfg.parallel.shard else
-                             "a larger GPU, or sharding the model (parallel.shard=true with parallel.ranks_per_group"
+                key = "models.N.ranks" if is_per_size(cfg.models) else "parallel.ranks_per_group"
+                fixes.append(f"a larger GPU, or more ranks per group ({key})" if s.sharded else
+                             f"a larger GPU, or sharding the model (parallel.shard=true with {key}"
                              " k: weights, gradients and optimizer state 1/k per rank)")
         else:
             fixes.append(f"a smaller parallel.score_chunk (one chunk: {gib(mem.chunk)}) or fewer cached prefixes")
@@ -74,14 +76,16 @@ def time_warnings(cfg: SweepConfig, plan: Plan) -> tuple[list[str], list[str]]:
     limit = plan.time_limit_s
     usable = limit - cfg.launch.slurm_signal_delay_s  # USR2 comes this long before the limit
     g = cfg.parallel.ranks_per_group
+    per_size = is_per_size(cfg.models)
+    more = ("more ranks per run (models.N.ranks of the slow size)" if per_size else
+            f"more ranks per run (parallel.ranks_per_group={2 * g} with launch.tasks_per_node to match)")
     for j in plan.jobs:
         name = "" if j.label == "job" else f" ({j.label})"
         worst = max(range(len(j.round_s)), key=lambda k: j.round_s[k])
         if j.round_s[worst] > usable:
             out.append(f"round {worst}{name} takes {duration(j.round_s[worst])}, longer than the time limit"
-                       f" {duration(limit)}: it can never commit, so the job would requeue without end; fixes: more"
-                       f" ranks per run (parallel.ranks_per_group={2 * g} with launch.tasks_per_node to match), a"
-                       f" longer launch.timeout_min, or fewer attacked examples or iterations per round"
+                       f" {duration(limit)}: it can never commit, so the job would requeue without end; fixes:"
+                       f" {more}, a longer launch.timeout_min, or fewer attacked examples or iterations per round"
                        f" (checkpointing inside a round is not in the run yet)")
         elif j.wall_s > usable:
             need = segments(j.round_s, usable) - 1
@@ -93,7 +97,10 @@ def time_warnings(cfg: SweepConfig, plan: Plan) -> tuple[list[str], list[str]]:
                            f" {duration(limit)}) but launch.max_requeues is {plan.max_requeues}; raise it, or the"
                            f" time limit, or use launch.array_over=seeds")
         idle = sum(1 for grp in j.runs_by_group if not grp)
-        if idle:
+        if idle and per_size:
+            out.append(f"{idle} of {j.groups} group(s){name} get no run ({j.shape} for"
+                       f" {sum(map(len, j.runs_by_group))} runs); fewer models.N.groups would free them")
+        elif idle:
             out.append(f"{idle} of {j.groups} group(s){name} get no run (only {sum(map(len, j.runs_by_group))} runs"
                        f" for {j.groups} groups of {g} rank(s)); fewer launch.tasks_per_node, a larger"
                        f" parallel.ranks_per_group, or launch.array_over=none would use them")
@@ -128,7 +135,8 @@ def warnings_for(cfg: SweepConfig, plan: Plan, runs: dict[str, RunPlan]) -> tupl
                        " within about 25% on the tiny family's byte-level vocabulary)")
         notes.append(replay if counted else "GCG is counted at its full search_width where no tokenizer"
                      " is at hand (an upper bound: the decode-then-encode filter only drops candidates)")
-    per_rank = max((math.ceil(a.n_examples / cfg.parallel.ranks_per_group) for a in cfg.attacks), default=0)
+    fewest = min(size_ranks(m, cfg.parallel.ranks_per_group) for m in cfg.models)
+    per_rank = max((math.ceil(a.n_examples / fewest) for a in cfg.attacks), default=0)
     if per_rank > MAX_CACHED_EXAMPLES:
         notes.append(f"a rank leads up to {per_rank} attacked examples but keeps {MAX_CACHED_EXAMPLES} prefix"
                      " caches: evicted prefixes are recomputed every iteration (real work the FLOP counts leave"

@@ -167,10 +167,10 @@ def attack_scoring(m: ModelArch, a: AttackConfig, tt: TaskTokens, n_examples: in
     return caches, work, extra, grad
 
 
-def plan_memory(cfg: SweepConfig, m: ModelArch, tt: TaskTokens, sampler_of, on_cuda: bool) -> MemoryPlan:
-    """The peak of one rank holding model `m`; `sampler_of(attack)` gives BEAST's sampler ModelArch (or None)."""
+def plan_memory(cfg: SweepConfig, m: ModelArch, tt: TaskTokens, sampler_of, on_cuda: bool, g: int) -> MemoryPlan:
+    """The peak of one rank of a group of `g` holding model `m`; `sampler_of(attack)` gives BEAST's sampler
+    ModelArch (or None)."""
     ft, adv, par = cfg.finetune, cfg.advtrain, cfg.parallel
-    g = par.ranks_per_group
     b = MASTER_BYTES
     weights = grads = m.n_params * b
     cast = m.n_params * m.dtype_bytes if m.dtype_bytes < b else 0.0  # autocast keeps the cast weights per step

@@ -94,6 +94,9 @@ def markdown(plan: Plan, cal: Calibration | None = None) -> str:
     lines += [""] if picked else []
     kinds = ", ".join(dtypes) if dtypes == ["float32"] else f"{', '.join(dtypes)} compute, float32 weights and state"
     held = "each rank holds 1/k of the model (FSDP)" if plan.sharded else "every rank holds the whole model"
+    if plan.sharded and not all(s.sharded for s in plan.sizes):
+        held = (f"a rank of {', '.join(f'{s.label} (k={s.ranks})' for s in plan.sizes if s.sharded)} holds 1/k of"
+                " the model (FSDP), the others the whole model")
     lines += [f"### Peak memory per rank ({kinds}; {held})", ""]
     rows = []
     for s in plan.sizes:
@@ -116,7 +119,7 @@ def markdown(plan: Plan, cal: Calibration | None = None) -> str:
     for j in plan.jobs:
         name = "one job" if j.label == "job" else f"job {j.label}"
         lines.append(f"- {name}: seeds {j.seeds} -> {_relative(j.output)}; {j.ranks} rank(s), {j.gpus} GPU(s),"
-                     f" {j.groups} group(s) of {j.ranks // j.groups}; wall {duration(j.wall_s)} (slowest round"
+                     f" {j.shape}; wall {duration(j.wall_s)} (slowest round"
                      f" {duration(max(j.round_s))}), {j.device_hours:.1f} {unit} allocated,"
                      f" {j.busy_hours:.1f} busy")
         for gi, grp in enumerate(j.runs_by_group):

@@ -33,6 +33,8 @@ class SizePlan:
     utilisation: dict[str, float]
     accuracy: float  # assumed share of attacked examples classified correctly
     attack_rounds: dict[str, int] = field(default_factory=dict)  # rounds each evaluation attack runs in
+    ranks: int = 1  # ranks of the group that holds one of its runs
+    sharded: bool = False  # parallel.shard with a group of 2 or more: a rank holds 1/k of the model (FSDP)
 
 
 @dataclass
@@ -48,6 +50,9 @@ class JobPlan:
     wall_s: float
     device_hours: float  # allocated: wall x GPUs (x ranks on CPU)
     busy_hours: float  # the runs' own time x the ranks of their group
+    nodes: int = 1
+    shape: str = ""  # how its ranks are grouped: `8 group(s) of 1`, or each size's groups (per-size layout)
+    group_ranks: list[int] = field(default_factory=list)  # ranks of each group
 
 
 @dataclass

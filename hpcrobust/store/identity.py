@@ -17,6 +17,7 @@ NOT_SCIENCE = ("output", "launch", "debug", "experiment", "tracking")  # names, 
 NOT_SCIENCE_KEYS = {"family": ("cache_dir",)}  # where the built-in family is kept (its recipe is science)
 NOT_SWEEP = NOT_SCIENCE + ("seeds", "models")  # a sweep may be split by seed or size across files
 SCIENCE_PARALLEL = ("score_chunk", "device")  # of parallel.*, only these can change a number
+NOT_SCIENCE_MODEL = ("ranks", "groups")  # models.N keys that only say which ranks hold a size's runs
 
 # Before attacks declared their own parameters (schema v1 files), every attack entry carried every key
 # below. Filling in the keys an entry's type does not have keeps the identity of such files, so a sweep
@@ -43,14 +44,18 @@ NEW_ATTACK_DEFAULTS: dict[str, Any] = {"rounds": "all"}
 
 
 def science(config: dict, drop: tuple[str, ...] = NOT_SCIENCE) -> dict:
-    """The stored config minus `drop`, with parallel.* reduced, attack entries in their full form (new attack keys
-    at their defaults left out) and task source keys at their defaults left out."""
+    """The stored config minus `drop`, with parallel.* reduced, the models' layout keys left out, attack entries
+    in their full form (new attack keys at their defaults left out) and task source keys at their defaults left
+    out."""
     d = {k: v for k, v in config.items() if k not in drop}
     for section, keys in NOT_SCIENCE_KEYS.items():
         if isinstance(d.get(section), dict):
             d[section] = {k: v for k, v in d[section].items() if k not in keys}
     if isinstance(d.get("task"), dict):
         d["task"] = {k: v for k, v in d["task"].items() if TASK_SOURCE_DEFAULTS.get(k, object()) != v}
+    if isinstance(d.get("models"), list):
+        d["models"] = [{k: v for k, v in m.items() if k not in NOT_SCIENCE_MODEL} if isinstance(m, dict) else m
+                       for m in d["models"]]
     par = d.get("parallel") or {}
     d["parallel"] = {k: par.get(k) for k in SCIENCE_PARALLEL}
     for group in ("attacks", "train_attacks"):

@@ -51,7 +51,7 @@ def run_config(cfg: SweepConfig, quiet: bool = False, source: str = "config", ho
     logmod.setup(w.rank, w.size, quiet)
     hooks = hooks or Hooks()
     debug.attach(hooks, cfg.debug)
-    layout = agree(w, lambda: _named(source, lambda: make_layout(cfg.parallel)))
+    layout = agree(w, lambda: _named(source, lambda: make_layout(cfg.parallel, cfg.models, len(cfg.seeds))))
     ready = checks.prepare(cfg, w, source, quiet)
     tracker = attach_tracker(hooks, cfg.tracking, cfg.experiment or Path(source).stem, ready.results.path)
     agree(w, lambda: _named(source, lambda: tracker.connect() if tracker is not None and w.rank == 0 else None))
@@ -78,12 +78,11 @@ def _named(source: str, fn: Callable):
 def _work(cfg: SweepConfig, layout: Layout, ready: Prepared, hooks: Hooks, started: float) -> int:
     w = layout.world
     writer_kind = "parallel HDF5 (mpio)" if w.size > 1 and mpio_available() else "gathered to rank 0"
-    logmod.log(f"{w.size} rank(s) in {layout.n_groups} group(s); device {layout.device},"
+    logmod.log(f"{layout.describe()}; device {layout.device},"
                f" {layout.threads} thread(s) per rank; results writer: {writer_kind}")
     drive(SweepContext(cfg, layout, ready.task, ready.results, ready.plan, hooks, started))
     layout.world.barrier()
-    if layout.torch_group is not None:
-        shutdown_torch_distributed()
+    shutdown_torch_distributed()  # every rank, also those of one-rank groups, when any group made one
     logmod.log(f"done: {ready.results.path}")
     return 0
 

@@ -44,7 +44,7 @@ def drive(ctx: SweepContext) -> None:
         tables = share_random_tokens(ctx, rnd)
         keep = models_needed_after_runs(ctx)
         held = {}
-        for i in lay.runs_of_group(len(plan.runs)):
+        for i in lay.runs_of_group():
             if plan.runs[i] in active:
                 held[i] = run_round(ctx, plan.runs[i], rnd, tables)
                 if not keep:
