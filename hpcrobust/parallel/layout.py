@@ -15,7 +15,7 @@ from hpcrobust.errors import UserError
 from hpcrobust.models.config import ModelConfig
 from hpcrobust.parallel.comm import Comm, world
 from hpcrobust.parallel.config import ParallelConfig
-from hpcrobust.parallel.distributed import TorchGroup, make_groups
+from hpcrobust.parallel.distributed import make_groups
 from hpcrobust.parallel.sizes import (
     SizeGroups,
     check_world,
@@ -38,7 +38,6 @@ class Layout:
     local_size: int
     device: torch.device
     threads: int
-    torch_group: TorchGroup | None = None  # the group's device collectives (groups of 2 or more ranks)
     shard: bool = False  # the group holds each model as FSDP shards (parallel.shard, a group of 2 or more)
     group_of_run: list[int] = field(default_factory=list)  # run index -> the group that computes it
     sizes: list[SizeGroups] | None = None  # the per-size layout's groups (None: equal groups)
@@ -136,6 +135,6 @@ def make_layout(cfg: ParallelConfig, models: list[ModelConfig], n_seeds: int) ->
         threads = max(1, _cores() // local_size)
     torch.set_num_threads(threads)
     tg = make_groups(w, ranks, device) if any(len(r) > 1 for r in ranks) else None
-    group.tensors = tg
-    return Layout(w, group, gi, len(ranks), local_rank, local_size, device, threads, tg,
-                  cfg.shard and tg is not None, owners, sizes)
+    group.tensors = tg  # the group's device collectives (groups of 2 or more ranks)
+    return Layout(w, group, gi, len(ranks), local_rank, local_size, device, threads, cfg.shard and tg is not None,
+                  owners, sizes)

@@ -46,7 +46,7 @@ def load_model(ctx: SweepContext, run: RunSpec, rnd: int) -> Classifier:
     With parallel.shard each rank reads the weights into host memory and keeps only its FSDP shard on
     the device."""
     m = ctx.model(run)
-    tg = ctx.layout.torch_group if ctx.layout.shard else None
+    tg = ctx.layout.group.tensors if ctx.layout.shard else None
     device = torch.device("cpu") if tg is not None else ctx.layout.device
     if rnd > 0:
         prev = ctx.results.checkpoint_dir(run.key, rnd - 1)
