@@ -84,14 +84,16 @@ def time_warnings(cfg: SweepConfig, plan: Plan) -> tuple[list[str], list[str]]:
         worst = max(range(len(j.round_s)), key=lambda k: j.round_s[k])
         if j.round_s[worst] > usable:
             out.append(f"round {worst}{name} takes {duration(j.round_s[worst])}, longer than the time limit"
-                       f" {duration(limit)}: it can never commit, so the job would requeue without end; fixes:"
-                       f" {more}, a longer launch.timeout_min, or fewer attacked examples or iterations per round"
-                       f" (checkpointing inside a round is not in the run yet)")
+                       f" {duration(limit)}: a requeued job goes on from the training steps and finished attacks"
+                       f" the round kept, but an attack cut by the limit starts again, so unless each attack fits"
+                       f" in the limit the job requeues without end; fixes: {more}, a longer launch.timeout_min, or"
+                       f" fewer attacked examples or iterations per round")
         elif j.wall_s > usable:
             need = segments(j.round_s, usable) - 1
             if need <= plan.max_requeues:
                 notes.append(f"the job{name} runs past the time limit: about {need} requeue(s)"
-                             f" (launch.max_requeues {plan.max_requeues}), each redoing the round it cut")
+                             f" (launch.max_requeues {plan.max_requeues}), each going on from what the round it cut"
+                             f" kept")
             else:
                 out.append(f"the job{name} needs about {need} requeues ({duration(j.wall_s)} at a limit of"
                            f" {duration(limit)}) but launch.max_requeues is {plan.max_requeues}; raise it, or the"

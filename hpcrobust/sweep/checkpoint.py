@@ -40,18 +40,20 @@ def missing_files(results: ResultsFile, run_key: str, rnd: int) -> list[str]:
     return missing
 
 
-def load_model(ctx: SweepContext, run: RunSpec, rnd: int) -> Classifier:
-    """Round 0: the configured model with a fresh head; later rounds: the previous round's checkpoint.
+def load_model(ctx: SweepContext, run: RunSpec, rnd: int, trained: bool = False) -> Classifier:
+    """Round 0: the configured model with a fresh head; later rounds: the previous round's checkpoint;
+    `trained`: round `rnd`'s own checkpoint (its training was done by an earlier attempt: sweep/progress.py).
 
     With parallel.shard each rank reads the weights into host memory and keeps only its FSDP shard on
     the device."""
     m = ctx.model(run)
     tg = ctx.layout.group.tensors if ctx.layout.shard else None
     device = torch.device("cpu") if tg is not None else ctx.layout.device
-    if rnd > 0:
-        prev = ctx.results.checkpoint_dir(run.key, rnd - 1)
+    source = rnd if trained else rnd - 1
+    if source >= 0:
+        prev = ctx.results.checkpoint_dir(run.key, source)
         if not (prev / "config.json").is_file():
-            raise RuntimeError(f"checkpoint of round {rnd - 1} for {run.key} is missing: {prev}")
+            raise RuntimeError(f"checkpoint of round {source} for {run.key} is missing: {prev}")
         m = replace(m, name_or_path=str(prev), label=model_label(m))
     clf = load_classifier(m, ctx.cfg.family, device, run.seed)
     return shard_classifier(clf, tg, ctx.layout.group) if tg is not None else clf
@@ -65,16 +67,18 @@ def load_state(ctx: SweepContext, run: RunSpec, rnd: int) -> tuple[Pool, int]:
 
 
 def save(ctx: SweepContext, clf: Classifier, run: RunSpec, rnd: int, pool: Pool, defense_cum: int,
-         weights: dict[str, torch.Tensor] | None = None) -> None:
+         weights: dict[str, torch.Tensor] | None = None, extra: dict[str, str] | None = None) -> None:
     """Written to a temporary folder, flushed to disk and renamed, so a checkpoint is either whole or absent,
     and on disk before the commit that marks its round done (a node crash cannot separate the two).
-    `weights`: a sharded model's gathered state dict (sharding.full_weights)."""
+    `weights`: a sharded model's gathered state dict (sharding.full_weights); `extra`: more text files."""
     final = ctx.results.checkpoint_dir(run.key, rnd)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_classifier(clf, tmp, weights)
     pool.save(tmp / POOL_FILE)
     (tmp / STATE_FILE).write_text(json.dumps({"defense_flops_cum": int(defense_cum)}))
+    for name, text in (extra or {}).items():
+        (tmp / name).write_text(text)
     for p in tmp.iterdir():
         fsync_path(p)
     fsync_path(tmp)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from hpcrobust.errors import NonFiniteError
+from hpcrobust.log import log
 from hpcrobust.models.classifier import Classifier
 from hpcrobust.models.flops import FlopCount
 from hpcrobust.parallel.collectives import my_share, share_indexed
@@ -24,6 +25,7 @@ from hpcrobust.parallel.comm import Comm
 from hpcrobust.parallel.distributed import OrderedSum
 from hpcrobust.parallel.sharding import is_sharded, sync
 from hpcrobust.rng import stream
+from hpcrobust.training.resume import StepSaver, flops_from_state, flops_state
 
 
 @dataclass
@@ -143,10 +145,12 @@ def check_finite_weights(clf: Classifier) -> None:
 
 
 def train(clf: Classifier, seqs: list[list[int]], labels: list[int], spec: TrainSpec, group: Comm,
-          seed: int, key: tuple) -> TrainResult:
+          seed: int, key: tuple, saver: StepSaver | None = None) -> TrainResult:
     """Train in place; returns the mean training loss and the FLOPs the group spent (all ranks).
 
     A non-finite step loss or weight raises NonFiniteError (the group's ranks see the same numbers, so all raise).
+    `saver` keeps the last finished step and goes on from one kept by an earlier attempt (training/resume.py);
+    a sharded model has none.
     """
     order = epoch_order(len(seqs), spec.epochs, spec.batch_size, seed, key)
     n_steps = len(order) // spec.batch_size
@@ -160,8 +164,20 @@ def train(clf: Classifier, seqs: list[list[int]], labels: list[int], spec: Train
     mbs_size = spec.micro_batch_size
     n_mb = spec.batch_size // mbs_size
     sharded = is_sharded(clf)  # FSDP sums the gradients (reduce-scatter); ranks keep their shards
-    loss_sum = 0.0
-    for step in range(n_steps):
+    loss_sum, first = 0.0, 0
+    check = {"key": [str(k) for k in key], "n_steps": n_steps, "batch_size": spec.batch_size, "n_examples": len(seqs)}
+    kept = saver.load(check) if saver is not None else None
+    if kept is not None:  # go on from the last kept step: the same state an uninterrupted run has there
+        clf.model.load_state_dict(kept["model"])
+        opt.load_state_dict(kept["optim"])
+        sched.load_state_dict(kept["sched"])
+        loss_sum, first = float(kept["loss_sum"]), int(kept["step"])
+        if group.rank == 0:  # the group's FLOPs so far, counted once
+            clf.meter.total.add(flops_from_state(kept["flops"]))
+        saver.resumed_at = first
+        log(f"{' '.join(check['key'])}: training resumed at step {first} of {n_steps} (kept by an earlier attempt)",
+            all_ranks=group.rank == 0)
+    for step in range(first, n_steps):
         batch = order[step * spec.batch_size: (step + 1) * spec.batch_size]
 
         def backward(mbs: list[int], size: int, batch: list[int] = batch) -> dict[int, float]:
@@ -203,6 +219,12 @@ def train(clf: Classifier, seqs: list[list[int]], labels: list[int], spec: Train
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+        if saver is not None and step + 1 < n_steps and saver.due():
+            spent = FlopCount()
+            for part in group.allgather(clf.meter.total.since(before)):
+                spent.add(part)
+            saver.save({**check, "step": step + 1, "loss_sum": loss_sum, "flops": flops_state(spent),
+                        "model": clf.model.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict()})
     check_finite_weights(clf)
     clf.set_trainable(False)
     spent = clf.meter.total.since(before)

@@ -1,0 +1,82 @@
+"""A training phase's last finished step, kept on disk so that a killed or requeued run goes on from it.
+
+What is kept is everything the next step depends on: the weights, the optimizer's and the schedule's state,
+the step reached, the loss summed so far, and the FLOPs the group has spent. The example order is a pure
+function of (seed, run, phase), and no step draws random numbers, so the steps after a resume are the steps
+an uninterrupted run makes, and the phase ends with the same bits.
+
+The group leader writes (every rank of an unsharded group holds the same state); every rank reads the file
+itself, so weights never travel through MPI. A save is whole or absent (a temporary file, flushed, renamed).
+Files are read with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from hpcrobust.models.flops import FlopCount
+from hpcrobust.parallel.comm import Comm
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class StepSaver:
+    """Where (`path`) and how often (`every_s`; 0 = after every step) a training phase keeps its last step."""
+
+    path: Path
+    every_s: float
+    group: Comm
+    saves: int = 0  # made by this process (tests, logs)
+    resumed_at: int = 0  # the step this phase went on from (0: from the start)
+    _last: float = field(default_factory=time.monotonic)
+
+    def due(self) -> bool:
+        """Whether to save after this step; the leader's clock decides for the whole group."""
+        return bool(self.group.bcast(self.every_s <= 0 or time.monotonic() - self._last >= self.every_s))
+
+    def save(self, state: dict) -> None:
+        """Collective over the group; the leader writes."""
+        if self.group.rank == 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            torch.save(state, tmp)
+            _fsync(tmp)
+            os.replace(tmp, self.path)
+            _fsync(self.path.parent)
+        self.group.barrier()
+        self.saves += 1
+        self._last = time.monotonic()
+
+    def load(self, check: dict) -> dict | None:
+        """The kept state when it belongs to this phase (`check`: the fields that must match), else None."""
+        exists = self.group.bcast(self.path.is_file() if self.group.rank == 0 else None)
+        if not exists:
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if any(state.get(k) != v for k, v in check.items()):
+            return None  # another phase's (or config's) steps: start afresh
+        return state
+
+    def clear(self) -> None:
+        if self.group.rank == 0:
+            self.path.unlink(missing_ok=True)
+
+
+def flops_state(spent: FlopCount) -> list[int]:
+    return [spent.nominal, spent.actual, spent.forward_tokens, spent.backward_tokens]
+
+
+def flops_from_state(values: list[int]) -> FlopCount:
+    return FlopCount(*(int(v) for v in values))
