@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from hpcrobust import savepoint
 from hpcrobust.models.flops import FlopCount
 from hpcrobust.parallel.comm import Comm
 
@@ -43,8 +44,10 @@ class StepSaver:
     _last: float = field(default_factory=time.monotonic)
 
     def due(self) -> bool:
-        """Whether to save after this step; the leader's clock decides for the whole group."""
-        return bool(self.group.bcast(self.every_s <= 0 or time.monotonic() - self._last >= self.every_s))
+        """Whether to save after this step; the leader's clock (or a save request: savepoint.py) decides for the
+        whole group."""
+        return bool(self.group.bcast(self.every_s <= 0 or savepoint.requested()
+                                     or time.monotonic() - self._last >= self.every_s))
 
     def save(self, state: dict) -> None:
         """Collective over the group; the leader writes."""
@@ -58,6 +61,7 @@ class StepSaver:
         self.group.barrier()
         self.saves += 1
         self._last = time.monotonic()
+        savepoint.saved()
 
     def load(self, check: dict) -> dict | None:
         """The kept state when it belongs to this phase (`check`: the fields that must match), else None."""
