@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("config", "analysis"),
     ("attacks", "training", "tracking"),
     ("store", "tasks", "models", "parallel"),
-    ("fields", "rng", "log", "errors", "__init__"),
+    ("fields", "rng", "log", "errors", "savepoint", "__init__"),
 ]
 LEVEL = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 
