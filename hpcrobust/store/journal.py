@@ -168,9 +168,11 @@ class _Positioned:
 class JournalFile(_Positioned):
     """The results file opened for an in-place commit, as a file object for `h5py.File(jf, "r+")`.
 
-    Creating it writes and fsyncs the journal's header. Every write (or truncation) that touches bytes below
-    `length` first saves their original contents, unless saved already, as journal entries, fsynced before
-    the write. `commit()` is the commit point; without it, the journal stays and the commit rolls back.
+    Creating it writes and fsyncs the journal's header. Writes at or past `length` go to the file at once;
+    writes below it are held (reads see them) until `flush()`, which saves the original contents of all the
+    regions they touch (those not saved already) as journal entries, fsyncs the journal once, and then makes
+    them: one fsync per flush, not per write. `commit()` is the commit point; without it, the journal stays
+    and the commit rolls back.
     """
 
     def __init__(self, path: Path) -> None:
@@ -179,16 +181,25 @@ class JournalFile(_Positioned):
         super().__init__(fd)
         self.length = os.fstat(fd).st_size  # L
         self._saved: list[tuple[int, int]] = []  # [start, end) regions below L already in the journal
+        self._pending: list[tuple[int, bytes]] = []  # writes below L not yet made, in order
         self._jfd = os.open(journal_path(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         _write_all(self._jfd, _header(self.length))
         os.fsync(self._jfd)
         fsync_path(path.parent)  # the journal's name is on disk before the file changes
 
     def _end(self) -> int:
-        return os.fstat(self._fd).st_size
+        return max([os.fstat(self._fd).st_size, *(off + len(d) for off, d in self._pending)])
 
     def _bytes(self, offset: int, length: int) -> bytes:
-        return _read_at(self._fd, offset, length)
+        out = _read_at(self._fd, offset, length)
+        if not self._pending:
+            return out
+        buf = bytearray(out)
+        for off, data in self._pending:  # in order: the last write of a byte wins
+            s, e = max(off, offset), min(off + len(data), offset + length)
+            if s < e:
+                buf[s - offset:e - offset] = data[s - off:e - off]
+        return bytes(buf)
 
     def _unsaved(self, start: int, end: int) -> list[tuple[int, int]]:
         out, pos = [], start
@@ -206,27 +217,41 @@ class JournalFile(_Positioned):
 
     def protect(self, offset: int, length: int) -> None:
         """Save the original bytes of [offset, offset + length) below L to the journal, and fsync it."""
-        todo = self._unsaved(offset, min(offset + length, self.length))
+        self._protect([(offset, length)])
+
+    def _protect(self, regions: list[tuple[int, int]]) -> None:
+        todo: list[tuple[int, int]] = []
+        for offset, length in sorted(regions):
+            todo += [r for r in self._unsaved(offset, min(offset + length, self.length))
+                     if not any(s <= r[0] and r[1] <= e for s, e in todo)]
+            todo = self._merged(todo)
         if not todo:
             return
         for s, e in todo:
             self._append(s, _read_at(self._fd, s, e - s))
         os.fsync(self._jfd)
+        self._saved = self._merged(self._saved + todo)
+
+    @staticmethod
+    def _merged(regions: list[tuple[int, int]]) -> list[tuple[int, int]]:
         merged: list[tuple[int, int]] = []
-        for s, e in sorted(self._saved + todo):
+        for s, e in sorted(regions):
             if merged and s <= merged[-1][1]:
                 merged[-1] = (merged[-1][0], max(merged[-1][1], e))
             else:
                 merged.append((s, e))
-        self._saved = merged
+        return merged
 
     def _append(self, offset: int, data: bytes) -> None:
         _write_all(self._jfd, _entry(offset, data))
 
     def write(self, buf) -> int:
         view = memoryview(buf).cast("B")
-        self.protect(self._pos, len(view))
-        self._pwrite(view, self._pos)
+        low = max(0, min(len(view), self.length - self._pos))  # how much of it lands below L
+        if low:
+            self._pending.append((self._pos, bytes(view[:low])))
+        if low < len(view):
+            self._pwrite(view[low:], self._pos + low)
         self._pos += len(view)
         return len(view)
 
@@ -235,25 +260,36 @@ class JournalFile(_Positioned):
 
     def truncate(self, size: int | None = None) -> int:
         size = self._pos if size is None else size
+        self.flush()
         if size < self.length:
             self.protect(size, self.length - size)
         os.ftruncate(self._fd, size)
         return size
 
     def flush(self) -> None:
-        """Nothing is buffered here; durability is the commit's business (fsync at `commit`)."""
+        """Make the held writes, their originals saved first (one fsync of the journal). Durability is the
+        commit's business (fsync at `commit`)."""
+        if not self._pending:
+            return
+        self._protect([(off, len(d)) for off, d in self._pending])
+        for off, data in self._pending:
+            self._pwrite(memoryview(data), off)
+        self._pending = []
 
     def writable(self) -> bool:
         return True
 
     def commit(self) -> None:
         """The commit point: the file's new state is on disk, then the journal goes."""
+        self.flush()
         os.fsync(self._fd)
         self.close()
         journal_path(self.path).unlink()
         fsync_path(self.path.parent)
 
     def close(self) -> None:
+        """Without `commit`: held writes are dropped, the journal stays (the commit is to be rolled back)."""
+        self._pending = []
         for fd in (self._fd, self._jfd):
             if fd >= 0:
                 os.close(fd)

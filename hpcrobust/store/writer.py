@@ -21,8 +21,8 @@ Otherwise the records are gathered to rank 0, which writes them through HDF5. Th
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import h5py
@@ -73,8 +73,13 @@ class _Commit:
     def start_length(self) -> int:
         return 0 if self.jf is None else self.jf.length
 
-    def h5(self) -> h5py.File:
-        return h5py.File(self.tmp if self.jf is None else self.jf, "r+")
+    @contextmanager
+    def h5(self) -> Iterator[h5py.File]:
+        """The target open in HDF5; on leaving, every byte HDF5 wrote is in the file (not yet fsynced)."""
+        with h5py.File(self.tmp if self.jf is None else self.jf, "r+") as f:
+            yield f
+        if self.jf is not None:
+            self.jf.flush()
 
     def finish(self) -> None:
         if self.jf is None:
