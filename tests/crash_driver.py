@@ -25,7 +25,7 @@ def commit_in_place() -> None:
 
         def __init__(self, path: Path) -> None:
             journal._Positioned.__init__(self, os.open(path, os.O_RDWR))
-            self.path, self.length, self._saved, self._jfd = path, 0, [], -1
+            self.path, self.length, self._saved, self._pending, self._jfd = path, 0, [], [], -1
 
         def commit(self) -> None:
             os.fsync(self._fd)

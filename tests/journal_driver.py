@@ -6,6 +6,10 @@ tests/test_journal.py).
     python tests/journal_driver.py FILE entry K             SIGKILL itself half-way through the K-th journal entry
     python tests/journal_driver.py FILE write K             SIGKILL itself half-way through the K-th write
     python tests/journal_driver.py FILE pause STEP MARKER   at STEP, write MARKER and wait until it is removed
+    python tests/journal_driver.py FILE die STEP            SIGKILL rank 0 at STEP
+
+Under mpiexec, each rank commits the records of the runs it owns (run % ranks == rank): with h5py built
+with MPI, the parallel path (rank 0 lays out, every rank writes its own arrays).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcrobust.parallel.comm import Comm
+from hpcrobust.parallel.comm import Comm, launched_under_mpi, mpi
 from hpcrobust.store import journal
 from hpcrobust.store.results import ResultsFile
 from hpcrobust.store.schema import FORMAT, SCHEMA_VERSION, Record, round_path, run_path, text_array
@@ -38,9 +42,10 @@ def record(run: int, rnd: int, n: int = 2000) -> Record:
                   parent_attrs={run_path(f"run{run}"): {"model": "m", "seed": 0, "run_index": run}})
 
 
-def commit(path: Path, rounds: range, on_step=None) -> int:
-    return ResultsFile(path).commit(Comm(None), HEADER, [record(run, r) for r in rounds for run in range(3)],
-                                    on_step=on_step)
+def commit(path: Path, rounds: range, on_step=None, world: Comm | None = None) -> int:
+    world = world or Comm(None)
+    return ResultsFile(path).commit(world, HEADER, [record(run, r) for r in rounds for run in range(3)
+                                                    if run % world.size == world.rank], on_step=on_step)
 
 
 def _die() -> None:
@@ -70,15 +75,19 @@ def main() -> int:
 
     journal.JournalFile._append, journal.JournalFile._pwrite = counted_append, counted_pwrite
 
+    world = Comm(mpi().COMM_WORLD) if launched_under_mpi() else Comm(None)
+
     def pause(step: str) -> None:
+        if mode == "die" and step == rest[0] and world.rank == 0:
+            _die()
         if mode == "pause" and step == rest[0]:
             marker = Path(rest[1])
             marker.write_text(step)
             while marker.exists():
                 time.sleep(0.01)
 
-    commit(Path(path), range(2, 4), pause)
-    if mode == "count":
+    commit(Path(path), range(2, 4), pause, world)
+    if mode == "count" and world.rank == 0:
         print(counts["entry"], counts["write"])
     return 0
 

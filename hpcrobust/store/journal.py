@@ -132,7 +132,9 @@ class _Positioned:
         self._pos = 0
 
     def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._end()}[whence]
+        if whence not in (os.SEEK_SET, os.SEEK_CUR, os.SEEK_END):
+            raise ValueError(f"whence {whence}")
+        base = self._end() if whence == os.SEEK_END else self._pos if whence == os.SEEK_CUR else 0
         self._pos = base + pos
         return self._pos
 

@@ -52,6 +52,7 @@ class _Commit:
         self.jf: JournalFile | None = None
         if self.new:
             tmp.unlink(missing_ok=True)
+            journal.journal_path(path).unlink(missing_ok=True)  # left by a file that was removed: not this one's
             with h5py.File(tmp, "w") as f:
                 for k, v in header.items():
                     f.attrs[k] = v
