@@ -4,7 +4,7 @@
 
 At STEP (one of store/writer.py's STEPS) of round ROUND's commit, it writes MARKER and sleeps. With
 --in-place, the commit is a naive one, which the kill test must catch: it writes into the results file
-itself instead of a copy, marks each record committed as soon as its group exists, and flushes then (as a
+in place without a journal, marks each record committed as soon as its group exists, and flushes then (as a
 writer that wants its progress on disk would).
 """
 
@@ -16,18 +16,29 @@ from pathlib import Path
 
 
 def commit_in_place() -> None:
-    from hpcrobust.store import results, writer
+    import os
 
-    create, layout = writer._prepare_tmp, writer._layout
+    from hpcrobust.store import journal, writer
 
-    def layout_and_mark(f, meta: dict) -> None:
-        layout(f, meta)
+    class Unjournaled(journal.JournalFile):
+        """The file opened for writing in place, with no journal: nothing is saved before it is overwritten."""
+
+        def __init__(self, path: Path) -> None:
+            journal._Positioned.__init__(self, os.open(path, os.O_RDWR))
+            self.path, self.length, self._saved, self._pending, self._jfd = path, 0, [], [], -1
+
+        def commit(self) -> None:
+            os.fsync(self._fd)
+            self.close()
+
+    layout = writer._layout
+
+    def layout_and_mark(f, meta: dict, early: bool = False) -> None:
+        layout(f, meta, early)
         f[meta["path"]].attrs[writer.COMMITTED] = 1
         f.flush()
 
-    results.ResultsFile.tmp_path = property(lambda self: self.path)
-    writer._prepare_tmp = lambda path, tmp, header: None if path.exists() else create(path, tmp, header)
-    writer._finish = lambda tmp, path: None
+    writer.JournalFile = Unjournaled
     writer._layout = layout_and_mark
 
 

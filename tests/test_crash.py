@@ -33,7 +33,7 @@ def _committed(out: Path) -> dict[str, set[int]]:
         return {}
     try:
         return {k: v for k, v in committed_rounds(out).items() if k != "__transfer__"}
-    except Exception:  # noqa: BLE001 - mid-rename of a live writer: the next look sees the new file
+    except Exception:  # noqa: BLE001 - mid-rename of the first commit: the next look sees the new file
         return {}
 
 
@@ -71,7 +71,8 @@ def _timed(cmd: list[str], cwd: Path, out: Path) -> tuple[float, list[float]]:
 
 
 def _file_id(out: Path) -> tuple[int, int] | None:
-    """Changes with every commit (each one renames a new file into place); cheap enough to poll every 2 ms."""
+    """Changes with every commit (the first renames a new file into place, the others write into it); cheap enough
+    to poll every 2 ms."""
     try:
         st = out.stat()
     except FileNotFoundError:
@@ -83,7 +84,12 @@ def _n_rounds(out: Path) -> int:
     return min((len(v) for v in _committed(out).values()), default=0)
 
 
-def _kill_at_random_moment(p: subprocess.Popen, out: Path, tmp: Path, rng: np.random.Generator,
+def _in_commit(out: Path) -> bool:
+    """A commit is in progress: its journal exists (or, the first commit, its temporary file)."""
+    return Path(f"{out}.journal").exists() or out.with_name(f".{out.name}.commit.tmp").exists()
+
+
+def _kill_at_random_moment(p: subprocess.Popen, out: Path, rng: np.random.Generator,
                            startup: float, round_s: float) -> str:
     """SIGKILL `p` in start-up, in the middle of a round, or inside a commit (chosen by `rng`).
 
@@ -96,8 +102,8 @@ def _kill_at_random_moment(p: subprocess.Popen, out: Path, tmp: Path, rng: np.ra
     deadline = t0 + startup * u if mode == "start-up" else None
     while p.poll() is None:
         now = time.monotonic()
-        if mode == "commit" and (tmp.exists() or _file_id(out) != before):
-            break  # inside the commit (its temporary file exists), or just after it if the poll missed it
+        if mode == "commit" and (_in_commit(out) or _file_id(out) != before):
+            break  # inside the commit (its journal exists), or just after it if the poll missed it
         if mode == "round" and deadline is None and _file_id(out) != before:
             deadline = now + round_s * u  # somewhere in the round after this attempt's first commit
         if deadline is not None and now >= deadline:
@@ -121,7 +127,7 @@ def test_ten_sigkills_then_rerun_equals_an_uninterrupted_run(tiny):
     startup = commits[0] - round_s
 
     rng = np.random.default_rng(SEED)
-    out, tmp = cwd / "killed.h5", cwd / ".killed.h5.commit.tmp"
+    out = cwd / "killed.h5"
     seen: dict[tuple[str, int], dict] = {}
     growth, phases, attempts, mid_commit = [], [], 0, 0
     while len(phases) < KILLS:
@@ -129,10 +135,10 @@ def test_ten_sigkills_then_rerun_equals_an_uninterrupted_run(tiny):
         assert attempts <= 2 * KILLS, f"only {len(phases)} kills landed in {attempts} attempts"
         p = subprocess.Popen(cmd + ["output=killed.h5"], cwd=cwd, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-        phase = _kill_at_random_moment(p, out, tmp, rng, startup, round_s)
+        phase = _kill_at_random_moment(p, out, rng, startup, round_s)
         if phase:
             phases.append(phase)
-            mid_commit += tmp.exists()
+            mid_commit += _in_commit(out)
         if not out.exists():
             growth.append(0)
             continue
@@ -152,7 +158,7 @@ def test_ten_sigkills_then_rerun_equals_an_uninterrupted_run(tiny):
     vals = _round_values(out)
     assert all(_same(v, vals[k]) for k, v in seen.items())  # nothing committed before was redone
     assert assert_same(ref, out) > 50
-    assert not (cwd / ".killed.h5.commit.tmp").exists()
+    assert not _in_commit(out)
     print(f"\n{len(phases)} SIGKILLs in {attempts} attempts (reference {total:.1f} s, start-up {startup:.1f} s,"
           f" {round_s:.2f} s a round): {phases}; committed (run, round)s after each attempt: {growth};"
           f" killed inside a commit: {mid_commit}")
@@ -223,16 +229,20 @@ def _assert_intact(out: Path, ref: Path, rounds: set[int]) -> None:
     assert all(_same(v, expected[k]) for k, v in vals.items())
 
 
-@pytest.mark.parametrize("step", ["laid out", "marked", "replaced"])  # inside the copy, before and after the rename
-def test_a_kill_inside_a_commit_keeps_the_file_whole(tiny, reference, step):
+@pytest.mark.parametrize("step", ["laid out", "written", "marked", "committed"])  # in place, before and after the
+def test_a_kill_inside_a_commit_keeps_the_file_whole(tiny, reference, step):  # journal's removal
     assert step in STEPS
     cwd = tiny.parent
+    out = cwd / "killed.h5"
     _kill_inside_commit(cwd, step)
-    _assert_intact(cwd / "killed.h5", reference, {0, 1, 2} if step == "replaced" else {0, 1})
+    assert _in_commit(out) == (step != "committed")  # the journal is left, for the next writer to roll back
+    left = out.read_bytes()
+    _assert_intact(out, reference, {0, 1, 2} if step == "committed" else {0, 1})  # a reader, before any recovery
+    assert out.read_bytes() == left  # read through the journal, not rolled back by the reader
     again = run_cli(["run", str(tiny), *STEP_ROUNDS, "output=killed.h5"], cwd=cwd)
     assert again.returncode == 0, again.stderr
-    assert assert_same(reference, cwd / "killed.h5") > 50
-    assert not (cwd / ".killed.h5.commit.tmp").exists()
+    assert assert_same(reference, out) > 50
+    assert not _in_commit(out)
 
 
 def test_the_kill_test_catches_a_writer_that_commits_in_place(tiny, reference):

@@ -17,6 +17,7 @@ from hpcrobust.parallel.comm import Comm
 from hpcrobust.store import reader
 from hpcrobust.store.results import ResultsFile
 from hpcrobust.store.schema import FORMAT, SCHEMA_VERSION, Record, round_path, run_path, text_array
+from hpcrobust.store.writer import STEPS
 from tests.conftest import ROOT
 
 HEADER = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "hpcrobust_version": "t", "config": "{}",
@@ -77,7 +78,7 @@ ResultsFile(sys.argv[1]).commit(Comm(None), HEADER, [_rec("run0", 1, 0.7)], on_s
 """
 
 
-@pytest.mark.parametrize("step", ["copied", "laid out", "written", "marked"])
+@pytest.mark.parametrize("step", [*STEPS])
 def test_a_commit_killed_half_way_leaves_the_old_file(tmp_path, step):
     out = tmp_path / "r.h5"
     _commit(out, [_rec("run0", 0, 0.9)])
@@ -90,10 +91,14 @@ def test_a_commit_killed_half_way_leaves_the_old_file(tmp_path, step):
     p.send_signal(signal.SIGKILL)
     p.wait()
     results = ResultsFile(out)
-    assert results.tmp_path.exists() and out.read_bytes() == before  # the real writer never touched the file
-    assert list(reader.load(out)["round"]) == [0]
+    done = step == "committed"
+    assert results.journal_path.exists() != done and not results.tmp_path.exists()
+    left = out.read_bytes()
+    assert list(reader.load(out)["round"]) == ([0, 1] if done else [0])  # read through the journal ...
+    assert out.read_bytes() == left  # ... without touching the file
     results.clean_stale()  # what the next lock holder does
-    assert not results.tmp_path.exists()
+    assert not results.journal_path.exists()
+    assert (out.read_bytes() == before) != done  # rolled back byte for byte, or committed
     assert _commit(out, [_rec("run0", 1, 0.7)]) == 1 and list(reader.load(out)["round"]) == [0, 1]
 
 

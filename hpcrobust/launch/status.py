@@ -1,7 +1,7 @@
 """`hpcrobust status FILE`: where a sweep stands, from what it leaves on disk and (when present) SLURM.
 
-It reads the results file (one open: a commit replaces the file atomically, so a reader always sees one
-whole commit), the file's lock (who writes it, alive or not), its checkpoint folder, and SLURM's word on
+It reads the results file (one open, under the readers' lock: a reader always sees one whole commit, see
+store/access.py), the file's lock (who writes it, alive or not), its checkpoint folder, and SLURM's word on
 the job named in the lock (or given with --job). Nothing is written, and torch is never imported.
 
 Each (run, round) cell is one of:

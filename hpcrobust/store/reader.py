@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import h5py
@@ -13,7 +14,8 @@ from hpcrobust.store.results import ResultsFile, is_committed
 from hpcrobust.store.schema import RUNS, TRANSFER, decode_text
 
 
-def open_results(path: str | Path) -> h5py.File:
+def open_results(path: str | Path) -> AbstractContextManager[h5py.File]:
+    """`with open_results(path) as f`: see ResultsFile.open (a reader sees whole commits only)."""
     return ResultsFile(path).open()
 
 

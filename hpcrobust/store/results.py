@@ -1,7 +1,10 @@
 """The one object that owns a sweep's results file and everything that lives beside it.
 
-    results.h5                  the file (replaced atomically by every commit; see writer.py)
-    .results.h5.commit.tmp      a commit in progress (removed by the next lock holder if one was killed)
+    results.h5                  the file (committed to in place, atomically, see writer.py; flock'ed by each commit
+                                and by its readers, see access.py)
+    results.h5.journal          a commit in progress: the original bytes it overwrites (journal.py); one that a
+                                killed commit left is rolled back by the next writer, read through by readers
+    .results.h5.commit.tmp      the first commit in progress (the file is created whole, then renamed into place)
     results.h5.lock             one writer at a time (flock); one line says who holds it:
                                 "host:pid key=value ..." (ranks, groups, slurm_job), read by `hpcrobust status`
     results.h5.ckpt/<run>/round_RRRR/   what a later round resumes from
@@ -17,6 +20,7 @@ import errno
 import fcntl
 import os
 import tempfile
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +30,7 @@ import yaml
 
 from hpcrobust.errors import UserError
 from hpcrobust.parallel.comm import Comm
-from hpcrobust.store import writer
+from hpcrobust.store import access, writer
 from hpcrobust.store.identity import differences
 from hpcrobust.store.schema import ATTEMPTS, COMMITTED, FORMAT, ROUNDS, RUNS, SCHEMA_VERSION, TRANSFER, Record
 
@@ -65,6 +69,20 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # someone else's live process
         return True
     return True
+
+
+@dataclass
+class _Opened:
+    """An open file for `with`: closing it releases the reader's lock (see ResultsFile.open)."""
+
+    file: h5py.File
+    stack: ExitStack
+
+    def __enter__(self) -> h5py.File:
+        return self.file
+
+    def __exit__(self, *exc) -> None:
+        self.stack.close()
 
 
 class ResultsFile:
@@ -107,7 +125,7 @@ class ResultsFile:
         if not self.path.exists():
             return
         try:
-            with h5py.File(self.path, "r") as f:
+            with access.reading(self.path) as f:
                 fmt, ver, sh = (f.attrs.get(k) for k in ("format", "schema_version", "science_hash"))
                 old_config, old_inputs = (f.attrs.get(k, "") for k in ("config", "inputs"))
         except OSError:
@@ -128,8 +146,8 @@ class ResultsFile:
             raise UserError(f"output {self.path} holds a sweep with a different config{why}; choose another output")
 
     def _check_folder_writable(self) -> None:
-        """Commits create a temporary sibling and rename it, so the folder must take a new file (checked by
-        making and removing one: permission bits say nothing for root, or on a read-only mount)."""
+        """Commits create a journal (the first one a temporary sibling, renamed), so the folder must take a new
+        file (checked by making and removing one: permission bits say nothing for root, or on a read-only mount)."""
         try:
             with tempfile.NamedTemporaryFile(dir=self.path.parent, prefix=f".{self.path.name}.probe-"):
                 pass
@@ -218,8 +236,14 @@ class ResultsFile:
         except OSError:  # no lock file (or one that cannot be read or locked here): nothing known about a holder
             return None
 
+    @property
+    def journal_path(self) -> Path:
+        return access.journal_path(self.path)
+
     def clean_stale(self) -> None:
-        """A commit that was killed leaves its temporary file; the lock holder removes it."""
+        """A commit that was killed leaves its journal (or, the first one, its temporary file): the lock holder
+        rolls the commit back / removes it before anything else."""
+        access.recover(self.path)
         self.tmp_path.unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- writing
@@ -229,22 +253,24 @@ class ResultsFile:
         return writer.commit(world, self.path, self.tmp_path, header, mine, on_step)
 
     # ---------------------------------------------------------------- reading
-    def open(self) -> h5py.File:
-        """The file for reading, once it is known to be an hpcrobust results file of this schema."""
+    def open(self) -> AbstractContextManager[h5py.File]:
+        """`with rf.open() as f`: the file for reading (as of its last finished commit, see access.reading), once
+        it is known to be an hpcrobust results file of this schema (checked here, before the `with`). Every reader
+        of results goes through here."""
         if not self.path.is_file():
             raise UserError(f"results file not found: {self.path}")
-        try:
-            f = h5py.File(self.path, "r")
-        except OSError:
-            raise UserError(f"{self.path} is not an HDF5 file") from None
-        if f.attrs.get("format") != FORMAT:
-            f.close()
-            raise UserError(f"{self.path} is an HDF5 file but not an hpcrobust results file")
-        if int(f.attrs.get("schema_version", -1)) != SCHEMA_VERSION:
-            ver = f.attrs.get("schema_version")
-            f.close()
-            raise UserError(f"{self.path} has schema v{ver}; this hpcrobust reads v{SCHEMA_VERSION}")
-        return f
+        stack = ExitStack()
+        with stack:
+            try:
+                f = stack.enter_context(access.reading(self.path))
+            except OSError:
+                raise UserError(f"{self.path} is not an HDF5 file") from None
+            if f.attrs.get("format") != FORMAT:
+                raise UserError(f"{self.path} is an HDF5 file but not an hpcrobust results file")
+            if int(f.attrs.get("schema_version", -1)) != SCHEMA_VERSION:
+                ver = f.attrs.get("schema_version")
+                raise UserError(f"{self.path} has schema v{ver}; this hpcrobust reads v{SCHEMA_VERSION}")
+            return _Opened(f, stack.pop_all())
 
     def committed_rounds(self) -> dict[str, set[int]]:
         """{run: {rounds}}, plus TRANSFER_KEY for the rounds whose transfer matrix is committed."""

@@ -20,8 +20,8 @@ Provenance (the header's software, ROUND_ATTRS, /attempts/) says how a number wa
 it is: it differs between attempts and rank counts, so comparisons of results skip it (PROVENANCE), as they
 skip wall times. Files written before it existed lack it, and read as before.
 
-Strings are stored as fixed-length UTF-8 bytes so the same layout can be written in parallel
-(h5py's mpio driver cannot write variable-length data collectively).
+Strings are stored as fixed-length UTF-8 bytes so the same layout can be written in parallel (each rank
+writes its arrays' bytes at their fixed places in the file, which variable-length data has not).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ callback may itself take part in a collective, or raise to stop every rank toget
     round_started(ctx, rnd)         a round that is not yet committed is about to run
     runs_done(ctx, rnd)             this group's runs of the round are done; the cross-run phases come next
     commit_step(ctx, rnd, step)     inside the commit, on the ranks that write: step is one of
-                                    store/writer.py's STEPS (copied, laid out, written,
-                                    marked, replaced)
+                                    store/writer.py's STEPS (journaled, laid out, written,
+                                    marked, committed)
     round_committed(ctx, rnd, n)    round `rnd` (n records) is in the file
     sweep_finished(ctx)             every round of every run is committed
 
