@@ -5,6 +5,7 @@ run's (every dataset and attribute, to the bit). Also under a group of 2 MPI ran
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import subprocess
@@ -109,3 +110,35 @@ def test_a_group_of_two_killed_inside_training_resumes_on_two_and_on_one_rank(tm
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "training resumed at step 5 of" in proc.stderr
         assert assert_same(reference, cwd / "killed.h5") > 50
+
+
+# ---------------------------------------------------------------- a sharded (FSDP) group: DCP folders of shards
+
+SHARD = ("parallel.ranks_per_group=2", "parallel.shard=true")
+PICK = random.Random(13)  # the kept steps killed at: random, and the same on every run of the suite
+# fine-tuning keeps steps 1..7 (saves 1..7); the adversarial round keeps its steps 1..3 (saves 8..10)
+SHARDED_KILLS = [PICK.randint(1, 7), PICK.randint(8, 10)]
+
+
+@pytest.fixture(scope="module")
+def sharded_reference(tmp_path_factory, family_cache) -> Path:
+    cwd = _copy_config(tmp_path_factory.mktemp("resume-shard-ref"))
+    proc = run_cli(["run", "tiny.yaml", *COMMON, *SHARD, "output=ref.h5", "--quiet"], cwd=cwd, ranks=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd / "ref.h5"
+
+
+@pytest.mark.parametrize("k", SHARDED_KILLS, ids=["finetune", "advtrain"])
+def test_a_sharded_group_killed_inside_training_goes_on_from_its_shards(tmp_path, sharded_reference, k):
+    """Each rank of the group wrote its own shards of the weights and of AdamW's state (torch.distributed.checkpoint);
+    the rerun loads them back into the sharded model and ends with the uninterrupted sharded run's bits."""
+    cwd = _copy_config(tmp_path)
+    _kill_when_paused(cwd, "step", k, ranks=2, extra=SHARD)
+    kept = list((cwd / "killed.h5.ckpt").glob("*/round_*.train/steps.dcp"))
+    assert len(kept) == 1 and len(list(kept[0].glob("*.distcp"))) == 2, kept  # one shard file per rank
+    proc = run_cli(["run", "tiny.yaml", *COMMON, *SHARD, "output=killed.h5"], cwd=cwd, ranks=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    step = k if k < 8 else k - 7
+    assert re.search(rf"training resumed at step {step} of \d+", proc.stderr), proc.stderr[-2000:]
+    assert assert_same(sharded_reference, cwd / "killed.h5") > 50
+    assert not list((cwd / "killed.h5.ckpt").glob("*/round_*.train"))
