@@ -129,6 +129,53 @@ def test_usr2_stops_at_a_committed_round_requeues_and_completes(work, partition)
           f" {seen.get('RUNNING', -1):.1f} s, COMPLETED {seen.get('COMPLETED', -1):.1f} s after the signal")
 
 
+# Two groups of one rank (xs and s), each fine-tuning 80 steps (about 10-20 s here) and keeping a step only every
+# hour: only the save that USR2 asks for can be resumed from.
+LONG_TRAIN = ["seeds=[0]", "finetune.epochs=10", "launch.save_every_min=60", "parallel.threads_per_rank=1"]
+
+
+def _log_or_empty(work: Path, job: str, task: int = 0) -> str:
+    try:
+        return _log(work, job, task)
+    except FileNotFoundError:
+        return ""
+
+
+def test_usr2_inside_training_saves_every_group_requeues_and_resumes_at_the_saved_step(work, partition):
+    ref = run_cli(["run", "tiny.yaml", *LONG_TRAIN, "output=ref.h5", "--quiet"], cwd=work, ranks=2)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    out = work / "mid.h5"
+    (job,) = _submit(work, partition, *LONG_TRAIN, "launch.tasks_per_node=2", "output=mid.h5")
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while "2 rank(s) in 2 group(s)" not in _log_or_empty(work, job):
+        assert time.monotonic() < deadline, f"the sweep never started: {job_info(job)}"
+        time.sleep(0.1)
+    time.sleep(6.0)  # both groups are loading their models or fine-tuning now (80 steps take 15 s or more)
+    t_signal = time.monotonic()
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+    seen: dict[str, float] = {}
+
+    def note(info: JobInfo) -> None:
+        if info.restarts >= 1:
+            seen.setdefault(info.state, time.monotonic() - t_signal)
+
+    info = wait_until_ended([job], JOB_TIMEOUT_S, poll_s=0.5, on_change=note)[job]
+    assert info.state == "COMPLETED" and info.restarts == 1, info
+    assert assert_same(work / "ref.h5", out) > 50
+    first0, _, _ = _log(work, job, 0).partition("hpcrobust job: attempt 1")
+    assert "saved the work in progress of 2 group(s) after SIGUSR2: requeueing" in first0, first0[-3000:]
+    assert "no round committed" not in first0 and "clean accuracy" not in first0  # requeued inside training
+    for task, size in ((0, "xs"), (1, "s")):
+        first, _, second = _log(work, job, task).partition("hpcrobust job: attempt 1")
+        kept = re.findall(rf"{size}__seed0 finetune: kept step (\d+) of 80 \(a save was requested\)", first)
+        assert len(kept) == 1, first[-3000:]  # one save for the request (and none on the hourly schedule)
+        resumed = re.findall(rf"{size}__seed0 finetune: training resumed at step (\d+) of 80", second)
+        # the requeued job goes on from the step saved for USR2: no step before it is computed twice
+        assert resumed == kept and 0 < int(kept[0]) < 80, (kept, resumed)
+    print(f"\nUSR2 inside training -> requeued (PENDING) {seen.get('PENDING', -1):.1f} s, RUNNING again"
+          f" {seen.get('RUNNING', -1):.1f} s, COMPLETED {seen.get('COMPLETED', -1):.1f} s after the signal")
+
+
 def test_plain_scancel_still_cancels(work, partition):
     out = work / "cancel.h5"
     (job,) = _submit(work, partition, *ADV, "advtrain.rounds=20", "launch.tasks_per_node=2", "output=cancel.h5")

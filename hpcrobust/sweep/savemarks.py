@@ -7,8 +7,8 @@ not meet in a collective to say so: each group leader notes its save in a small 
 
 and rank 0's safe stop counts those files (launch/safestop.py polls `savepoint.progress()`). The token is drawn
 by rank 0 when the sweep starts and broadcast, so marks of an earlier attempt never count. A group whose runs of
-the round are done (`runs_done`) has nothing unsaved (its trained model and attack results are on disk), so it
-is marked as soon as the request comes, or when it gets there.
+the round are done is not marked: it waits for the others in a collective, and once they are done too the round
+is committed, which stops the sweep right there (the safe stop's other way out).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ class SaveMarks:
         self.group_index = group_index
         self.n_groups = n_groups
         self.leader = leader
-        self.idle = False  # between this group's runs_done and the next round_started: nothing unsaved
 
     def mark(self) -> None:
         if self.leader:
@@ -39,7 +38,7 @@ class SaveMarks:
             (self.folder / f"group_{self.group_index}").write_text("saved\n")
 
     def notify(self, what: str) -> None:
-        if what == "saved" or (what == "request" and self.idle):
+        if what == "saved":
             self.mark()
 
     def count(self) -> tuple[int, int]:
@@ -48,9 +47,7 @@ class SaveMarks:
 
 
 def attach(hooks: Hooks) -> None:
-    """Set up the marks when the sweep starts (collective), follow the group's phases, remove them at the end."""
-    state: dict[str, SaveMarks] = {}
-
+    """Set up the marks when the sweep starts (collective); remove them when it ends."""
     def started(ctx) -> None:
         lay = ctx.layout
         root = ctx.results.checkpoint_root / FOLDER
@@ -58,17 +55,7 @@ def attach(hooks: Hooks) -> None:
             shutil.rmtree(root, ignore_errors=True)  # an earlier attempt's marks
         token = lay.world.bcast(uuid.uuid4().hex if lay.is_root else None)
         marks = SaveMarks(root / token, lay.group_index, lay.n_groups, lay.is_group_leader)
-        state["marks"] = marks
         savepoint.plug(marks.notify, marks.count if lay.is_root else None)
-
-    def runs_done(ctx, rnd: int) -> None:
-        marks = state["marks"]
-        marks.idle = True
-        if savepoint.requested():
-            marks.mark()
-
-    def round_started(ctx, rnd: int) -> None:
-        state["marks"].idle = False
 
     def finished(ctx) -> None:
         savepoint.plug(None, None)
@@ -76,6 +63,4 @@ def attach(hooks: Hooks) -> None:
             shutil.rmtree(ctx.results.checkpoint_root / FOLDER, ignore_errors=True)
 
     hooks.on("sweep_started", started, first=True)
-    hooks.on("round_started", round_started)
-    hooks.on("runs_done", runs_done)
     hooks.on("sweep_finished", finished)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from hpcrobust import savepoint
+from hpcrobust.log import log
 from hpcrobust.models.flops import FlopCount
 from hpcrobust.parallel.comm import Comm
 
@@ -52,10 +53,13 @@ class StepSaver:
         return bool(self.group.bcast(self.every_s <= 0 or time.monotonic() - self._last >= self.every_s
                                      or (savepoint.requested() and savepoint.request_id() != self._answered)))
 
-    def _done(self) -> None:
+    def _done(self, scalars: dict) -> None:
         self.saves += 1
         self._last = time.monotonic()
-        self._answered = savepoint.request_id()
+        if savepoint.requested() and savepoint.request_id() != self._answered:
+            self._answered = savepoint.request_id()
+            log(f"{' '.join(scalars.get('key', ()))}: kept step {scalars.get('step')} of {scalars.get('n_steps')}"
+                " (a save was requested)", all_ranks=self.group.rank == 0)
         savepoint.saved()
 
     def save(self, scalars: dict, model: nn.Module, opt: torch.optim.Optimizer, sched) -> None:
@@ -69,7 +73,7 @@ class StepSaver:
             os.replace(tmp, self.path)
             _fsync(self.path.parent)
         self.group.barrier()
-        self._done()
+        self._done(scalars)
 
     def load(self, check: dict, model: nn.Module, opt: torch.optim.Optimizer, sched) -> dict | None:
         """Load the kept step into model, optimizer and schedule when it belongs to this phase (`check`: the fields

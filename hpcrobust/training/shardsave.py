@@ -68,7 +68,7 @@ class ShardedStepSaver(StepSaver):
             _fsync(self.path.parent)
             shutil.rmtree(self._old, ignore_errors=True)
         self.group.barrier()
-        self._done()
+        self._done(scalars)
 
     def load(self, check: dict, model: nn.Module, opt: torch.optim.Optimizer, sched) -> dict | None:
         """Load the kept step into the sharded model, optimizer and schedule (collective over the group) when it
