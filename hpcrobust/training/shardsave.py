@@ -5,8 +5,9 @@ state alone: every rank writes its shards into one DCP folder (collective over t
 the group leader adds the scalar part (step, loss so far, FLOPs, the schedule's state) as JSON. The folder is
 whole or absent: it is written as `steps.dcp.tmp/`, flushed, and renamed over `steps.dcp/` (the previous save
 is first moved to `steps.dcp.old/`, which a load puts back if a kill came between the two renames). Loading
-reads DCP's own format (tensors and its metadata) and JSON, never pickled objects of ours; DCP reshards on load,
-so a group of another size can go on from the same folder.
+reads DCP's own format (raw tensor bytes, plus a `.metadata` file that DCP itself pickles and unpickles: only
+folders this sweep wrote are loaded) and JSON, never pickled objects of ours; DCP reshards on load, so a group
+of another size can go on from the same folder.
 
 The state dicts are the FQN-keyed ones of torch.distributed.checkpoint.state_dict (get_state_dict /
 set_state_dict), which understand FSDP's `fully_shard` (parallel/sharding.py).
