@@ -48,6 +48,7 @@ class SaveMarks:
 
 def attach(hooks: Hooks) -> None:
     """Set up the marks when the sweep starts (collective); remove them when it ends."""
+
     def started(ctx) -> None:
         lay = ctx.layout
         root = ctx.results.checkpoint_root / FOLDER
