@@ -2,9 +2,9 @@
 
     python tests/resume_driver.py WHAT K MARKER CONFIG [key=value ...]
 
-WHAT is `step` (the K-th kept training step, counting every training phase), `train_attack` (the K-th kept
-training attack) or `eval_attack` (the K-th kept evaluation attack result). There it writes MARKER (rank 0)
-and sleeps; every rank pauses at the same point, as a kill at that moment would find them.
+WHAT is `step` (the K-th kept training step, counting every training phase, sharded or not), `train_attack`
+(the K-th kept training attack) or `eval_attack` (the K-th kept evaluation attack result). There it writes MARKER
+(rank 0) and sleeps; every rank pauses at the same point, as a kill at that moment would find them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ def main() -> int:
     from hpcrobust.sweep import progress
     from hpcrobust.sweep.command import run_command
     from hpcrobust.training.resume import StepSaver
+    from hpcrobust.training.shardsave import ShardedStepSaver
 
     seen = {"n": 0}
 
@@ -31,13 +32,12 @@ def main() -> int:
                 time.sleep(1)
 
     if what == "step":
-        save = StepSaver.save
+        for cls in (StepSaver, ShardedStepSaver):  # one file, or a sharded group's DCP folder
+            def saved(self, *args, save=cls.save):
+                save(self, *args)
+                pause_at_k(self.group.rank)
 
-        def saved(self, state):
-            save(self, state)
-            pause_at_k(self.group.rank)
-
-        StepSaver.save = saved
+            cls.save = saved
     else:
         keep = progress.save_attack
 

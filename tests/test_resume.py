@@ -5,6 +5,7 @@ run's (every dataset and attribute, to the bit). Also under a group of 2 MPI ran
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import subprocess
@@ -12,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT, mpiexec, run_cli
@@ -109,3 +112,58 @@ def test_a_group_of_two_killed_inside_training_resumes_on_two_and_on_one_rank(tm
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "training resumed at step 5 of" in proc.stderr
         assert assert_same(reference, cwd / "killed.h5") > 50
+
+
+# ---------------------------------------------------------------- a sharded (FSDP) group: DCP folders of shards
+
+SHARD = ("parallel.ranks_per_group=2", "parallel.shard=true")
+PICK = random.Random(13)  # the kept steps killed at: random, and the same on every run of the suite
+# fine-tuning keeps steps 1..7 (saves 1..7); the adversarial round keeps its steps 1..3 (saves 8..10)
+SHARDED_KILLS = [PICK.randint(1, 7), PICK.randint(8, 10)]
+
+
+@pytest.fixture(scope="module")
+def sharded_reference(tmp_path_factory, family_cache) -> Path:
+    cwd = _copy_config(tmp_path_factory.mktemp("resume-shard-ref"))
+    proc = run_cli(["run", "tiny.yaml", *COMMON, *SHARD, "output=ref.h5", "--quiet"], cwd=cwd, ranks=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd / "ref.h5"
+
+
+@pytest.mark.parametrize("k", SHARDED_KILLS, ids=["finetune", "advtrain"])
+def test_a_sharded_group_killed_inside_training_goes_on_from_its_shards(tmp_path, sharded_reference, k):
+    """Each rank of the group wrote its own shards of the weights and of AdamW's state (torch.distributed.checkpoint);
+    the rerun loads them back into the sharded model and ends with the uninterrupted sharded run's bits."""
+    cwd = _copy_config(tmp_path)
+    _kill_when_paused(cwd, "step", k, ranks=2, extra=SHARD)
+    kept = list((cwd / "killed.h5.ckpt").glob("*/round_*.train/steps.dcp"))
+    assert len(kept) == 1 and len(list(kept[0].glob("*.distcp"))) == 2, kept  # one shard file per rank
+    proc = run_cli(["run", "tiny.yaml", *COMMON, *SHARD, "output=killed.h5"], cwd=cwd, ranks=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    step = k if k < 8 else k - 7
+    assert re.search(rf"training resumed at step {step} of \d+", proc.stderr), proc.stderr[-2000:]
+    assert assert_same(sharded_reference, cwd / "killed.h5") > 50
+    assert not list((cwd / "killed.h5.ckpt").glob("*/round_*.train"))
+
+
+def test_sharded_steps_kept_by_two_ranks_go_on_in_a_group_of_three(tmp_path, sharded_reference):
+    """DCP reshards on load, so the steps a group of 2 kept go on in a group of 3. Not to the bit (FSDP sums the
+    gradients in another order on 3 ranks): within the tolerances tests/test_fsdp.py uses for a sharded sweep."""
+    from tests.test_fsdp import LOSS_RTOL
+
+    cwd = _copy_config(tmp_path)
+    k = SHARDED_KILLS[0]
+    _kill_when_paused(cwd, "step", k, ranks=2, extra=SHARD)
+    proc = run_cli(["run", "tiny.yaml", *COMMON, "parallel.ranks_per_group=3", "parallel.shard=true",
+                    "output=killed.h5"], cwd=cwd, ranks=3)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"training resumed at step {k} of" in proc.stderr, proc.stderr[-2000:]
+    with h5py.File(sharded_reference) as f2, h5py.File(cwd / "killed.h5") as f3:
+        for rnd in ("0000", "0001"):
+            r2, r3 = f2[f"runs/xs__seed0/rounds/{rnd}"], f3[f"runs/xs__seed0/rounds/{rnd}"]
+            assert r3["train_loss"][()] == pytest.approx(r2["train_loss"][()], rel=LOSS_RTOL)
+            assert r3["flops_nominal"][()] == r2["flops_nominal"][()]  # the resumed FLOPs count the kept steps
+            assert r3["clean_accuracy"][()] == pytest.approx(r2["clean_accuracy"][()], abs=1.0 / 32 + 1e-9)
+            for name in ("rt", "gcg"):
+                np.testing.assert_allclose(r3[f"attacks/{name}/asr"][()], r2[f"attacks/{name}/asr"][()],
+                                           atol=0.25 + 1e-9)

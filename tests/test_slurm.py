@@ -129,6 +129,48 @@ def test_usr2_stops_at_a_committed_round_requeues_and_completes(work, partition)
           f" {seen.get('RUNNING', -1):.1f} s, COMPLETED {seen.get('COMPLETED', -1):.1f} s after the signal")
 
 
+# Two groups of one rank (xs and s), each fine-tuning 128 steps (15-40 s here) and keeping a step every 3 s on its
+# own schedule: the first scheduled save of each run shows from outside that both are training (the minutes before
+# the first step vary too much with the machine's load to aim a signal by the clock alone).
+LONG_TRAIN = ["seeds=[0]", "finetune.epochs=16", "launch.save_every_min=0.05", "parallel.threads_per_rank=1"]
+
+
+def test_usr2_inside_training_saves_every_group_requeues_and_resumes_at_the_saved_step(work, partition):
+    ref = run_cli(["run", "tiny.yaml", *LONG_TRAIN, "output=ref.h5", "--quiet"], cwd=work, ranks=2)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    out = work / "mid.h5"
+    (job,) = _submit(work, partition, *LONG_TRAIN, "launch.tasks_per_node=2", "output=mid.h5")
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    steps = [work / "mid.h5.ckpt" / run / "round_0000.train" / "steps.pt" for run in ("xs__seed0", "s__seed0")]
+    while not all(p.is_file() for p in steps):
+        assert time.monotonic() < deadline, f"the runs never kept a training step: {job_info(job)}"
+        time.sleep(0.05)
+    t_signal = time.monotonic()
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+    seen: dict[str, float] = {}
+
+    def note(info: JobInfo) -> None:
+        if info.restarts >= 1:
+            seen.setdefault(info.state, time.monotonic() - t_signal)
+
+    info = wait_until_ended([job], JOB_TIMEOUT_S, poll_s=0.5, on_change=note)[job]
+    assert info.state == "COMPLETED" and info.restarts == 1, info
+    assert assert_same(work / "ref.h5", out) > 50
+    first0, _, _ = _log(work, job, 0).partition("hpcrobust job: attempt 1")
+    assert "saved the work in progress of 2 group(s) after SIGUSR2: requeueing" in first0, first0[-3000:]
+    assert "no round committed" not in first0 and "clean accuracy" not in first0  # requeued inside training
+    for task, size in ((0, "xs"), (1, "s")):
+        first, _, second = _log(work, job, task).partition("hpcrobust job: attempt 1")
+        kept = re.findall(rf"{size}__seed0 finetune: kept step (\d+) of 128 \(a save was requested\)", first)
+        assert len(kept) == 1, first[-3000:]  # one save for the request
+        resumed = re.findall(rf"{size}__seed0 finetune: training resumed at step (\d+) of 128", second)
+        # the requeued job goes on from the step saved for USR2, or a later one the group kept on its schedule before
+        # the other group had saved: never an older one, so no step before the signal is computed twice
+        assert len(resumed) == 1 and 1 < int(kept[0]) <= int(resumed[0]) < 128, (kept, resumed)
+    print(f"\nUSR2 inside training -> requeued (PENDING) {seen.get('PENDING', -1):.1f} s, RUNNING again"
+          f" {seen.get('RUNNING', -1):.1f} s, COMPLETED {seen.get('COMPLETED', -1):.1f} s after the signal")
+
+
 def test_plain_scancel_still_cancels(work, partition):
     out = work / "cancel.h5"
     (job,) = _submit(work, partition, *ADV, "advtrain.rounds=20", "launch.tasks_per_node=2", "output=cancel.h5")

@@ -37,11 +37,13 @@ class LaunchConfig:
     folder: str = setting("slurm_logs/%j", doc="submitit log folder (%j = job id)")
     max_requeues: int = setting(10, lo=0, hi=10**6, doc="time-limit requeues before giving up (submitit's"
                                                         " max_num_timeout; preemptions always requeue)")
-    safe_stop_s: float = setting(60.0, lo=0.0, doc="after USR2/TERM, wait this long for the next committed round,"
-                                                   " then requeue mid-round (committed rounds are kept either way)")
+    safe_stop_s: float = setting(60.0, lo=0.0, doc="after USR2/TERM, wait at most this long for every group to save"
+                                                   " its work in progress (or for the next committed round), then"
+                                                   " requeue mid-round (committed rounds are kept either way)")
     save_every_min: float = setting(10.0, lo=0.0, doc="inside a round, keep the training phase's last step at most"
-                                    " this many minutes old (0 = after every step), so a killed or requeued run goes"
-                                    " on from it; the training attack and each evaluation attack are kept when done")
+                                    " this many minutes old (0 = after every step; USR2 saves at once), so a killed or"
+                                    " requeued run goes on from it; the training attack and each evaluation attack are"
+                                    " kept when done")
     freeze_code: bool = setting(True, doc="submit: copy the hpcrobust package next to the logs, so later edits of"
                                           " the checkout cannot change a queued job")
 

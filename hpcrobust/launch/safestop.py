@@ -1,16 +1,23 @@
-"""Turn a preemption or time-limit signal into a stop at the next committed round.
+"""Turn a preemption or time-limit signal into a save of the work in progress and a requeue.
 
 SLURM sends USR2 before the time limit (`--signal=USR2@delay`, added by submitit) and on
 `scancel --signal=USR2`, and SIGTERM when it preempts a job with a grace time (a SIGTERM from
 `scancel`, which SLURM sends after it has ended the job, still kills). submitit's own handler requeues at
-once, wherever the ranks are. Here every rank only notes the signal; the ranks then agree, right
-after the next round is committed (a collective point that all of them reach), to stop together.
-Only then does rank 0 hand over to submitit, which checkpoints and requeues the job. If no commit
-comes within `grace_s`, rank 0 requeues mid-round: commits are atomic, so the file keeps every
-committed round and the requeued job goes on with the round in progress from what it kept
-(sweep/progress.py: training steps, the training attack, finished evaluation attacks).
+once, wherever the ranks are. Here every rank notes the signal and asks for a save now (`savepoint.request()`):
+every group saves its work in progress at its next step boundary (a training step; an attack step), whatever
+`launch.save_every_min` says, and its leader notes the save in a file (sweep/savemarks.py). Rank 0 polls those
+marks with a repeating timer (setitimer) and, as soon as every group has saved since the signal (a group whose
+runs of the round are done counts as saved), hands over to submitit, which checkpoints and requeues the job; the
+requeued job goes on from the saved steps (sweep/progress.py).
 
-The check is attached to the sweep's `round_committed` hook (sweep/hooks.py), which every rank
+Two other ways out stay as they were. If a round is committed first, the ranks agree right after the commit (a
+collective point that all of them reach) to stop together, and rank 0 requeues. If neither happens within
+`grace_s` (a group in a phase with no save point, such as computing clean accuracy, or a rank blocked in a
+collective, where no Python signal handler runs), rank 0 requeues mid-round anyway: commits are atomic, so the
+file keeps every committed round and the requeued job goes on with the round in progress from what it kept
+(training steps, the training attack, finished evaluation attacks).
+
+The commit check is attached to the sweep's `round_committed` hook (sweep/hooks.py), which every rank
 fires right after each commit.
 """
 
@@ -20,9 +27,11 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
+from hpcrobust import savepoint
 from hpcrobust.log import log
 from hpcrobust.sweep.hooks import Hooks
 
@@ -53,11 +62,13 @@ class SafeStop:
     """Context manager: signals request a stop; the stop happens after the next commit (or after grace_s)."""
 
     SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+    POLL_S = 0.2  # how often rank 0 looks whether every group has saved
 
     def __init__(self, grace_s: float, on_timeout: Callable[[], None]) -> None:
         self.grace_s = grace_s
         self.on_timeout = on_timeout  # rank 0: checkpoint and requeue now
         self.requested: str | None = None
+        self._since = 0.0  # when the signal came (time.monotonic)
         self._saved: dict[int, Any] = {}
 
     # ---------------------------------------------------------------- signals
@@ -69,14 +80,26 @@ class SafeStop:
             return
         if self.requested is None:
             self.requested = name
-            log(f"caught {name}: stopping after the next committed round (at most {self.grace_s:g} s)",
-                all_ranks=True)
-            signal.setitimer(signal.ITIMER_REAL, max(self.grace_s, 0.01))
+            self._since = time.monotonic()
+            log(f"caught {name}: saving the work in progress, then requeueing (or stopping after the next committed"
+                f" round; at most {self.grace_s:g} s)", all_ranks=True)
+            savepoint.request()
+            poll = min(self.POLL_S, max(self.grace_s, 0.01))
+            signal.setitimer(signal.ITIMER_REAL, poll, poll)
 
     def _on_alarm(self, signum: int, frame: Any) -> None:
-        log(f"no round committed within {self.grace_s:g} s of {self.requested}: requeueing mid-round"
-            " (committed rounds are kept)", all_ranks=True)
-        self.on_timeout()
+        """The poll: requeue once every group has saved since the signal, or once grace_s has passed."""
+        done = savepoint.progress()  # rank 0 only; elsewhere None
+        if done is not None and done[0] >= done[1]:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            log(f"saved the work in progress of {done[1]} group(s) after {self.requested}: requeueing", all_ranks=True)
+            self.on_timeout()
+        elif time.monotonic() - self._since >= self.grace_s:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            saved = f" ({done[0]} of {done[1]} group(s) saved their work in progress)" if done is not None else ""
+            log(f"no round committed within {self.grace_s:g} s of {self.requested}: requeueing mid-round"
+                f" (committed rounds are kept){saved}", all_ranks=True)
+            self.on_timeout()
 
     # ---------------------------------------------------------------- the safe point
     def after_commit(self, ctx: Any, rnd: int, n: int) -> None:
@@ -101,6 +124,8 @@ class SafeStop:
         if not self._saved:
             return
         signal.setitimer(signal.ITIMER_REAL, 0)
+        if self.requested is not None:
+            savepoint.clear()  # this stop's request ends with it
         for s, h in self._saved.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
 

@@ -21,7 +21,7 @@ from hpcrobust.parallel.comm import Comm, world
 from hpcrobust.parallel.distributed import shutdown as shutdown_torch_distributed
 from hpcrobust.parallel.layout import Layout, make_layout
 from hpcrobust.store.writer import mpio_available
-from hpcrobust.sweep import checks, debug
+from hpcrobust.sweep import checks, debug, savemarks
 from hpcrobust.sweep.checks import Prepared
 from hpcrobust.sweep.context import SweepContext
 from hpcrobust.sweep.driver import drive
@@ -51,6 +51,7 @@ def run_config(cfg: SweepConfig, quiet: bool = False, source: str = "config", ho
     logmod.setup(w.rank, w.size, quiet)
     hooks = hooks or Hooks()
     debug.attach(hooks, cfg.debug)
+    savemarks.attach(hooks)  # which groups saved their work in progress after a USR2 (launch/safestop.py)
     layout = agree(w, lambda: _named(source, lambda: make_layout(cfg.parallel, cfg.models, len(cfg.seeds))))
     ready = checks.prepare(cfg, w, source, quiet)
     tracker = attach_tracker(hooks, cfg.tracking, cfg.experiment or Path(source).stem, ready.results.path)

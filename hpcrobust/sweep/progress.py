@@ -4,6 +4,7 @@ inside the round instead of from its start.
     <output>.ckpt/<run>/round_RRRR.train/   while the round trains:
         train_attack.h5                 the training attack's result (adversarial rounds), once it is done
         steps.pt                        the last kept training step (training/resume.py)
+        steps.dcp/                      ... of a sharded model: its shards and scalars (training/shardsave.py)
     <output>.ckpt/<run>/round_RRRR/     written as soon as the round's training is done (not at the round's end),
                                         and then the .train folder is removed:
         progress.json                   the training phase's numbers (train loss, FLOPs, ...)
@@ -32,11 +33,13 @@ from hpcrobust.store.writer import fsync_path
 from hpcrobust.sweep.context import SweepContext
 from hpcrobust.sweep.plan import RunSpec
 from hpcrobust.training.resume import StepSaver
+from hpcrobust.training.shardsave import ShardedStepSaver
 
 PROGRESS_FILE = "progress.json"
 ATTACKS_DIR = "attacks"
 TRAIN_ATTACK_FILE = "train_attack.h5"
 STEPS_FILE = "steps.pt"
+SHARDED_STEPS = "steps.dcp"
 
 
 def round_dir(ctx: SweepContext, run: RunSpec, rnd: int) -> Path:
@@ -48,12 +51,13 @@ def training_dir(ctx: SweepContext, run: RunSpec, rnd: int) -> Path:
     return d.with_name(d.name + ".train")
 
 
-def step_saver(ctx: SweepContext, run: RunSpec, rnd: int) -> StepSaver | None:
-    """Where the round's training keeps its steps; None for a sharded model (its state is in shards: such a
-    round resumes after its training attack and after its training, not inside it)."""
+def step_saver(ctx: SweepContext, run: RunSpec, rnd: int) -> StepSaver:
+    """Where the round's training keeps its steps: one file, or for a sharded model a DCP folder of shards."""
+    every_s = 60.0 * ctx.cfg.launch.save_every_min
     if ctx.layout.shard:
-        return None
-    return StepSaver(training_dir(ctx, run, rnd) / STEPS_FILE, 60.0 * ctx.cfg.launch.save_every_min, ctx.layout.group)
+        return ShardedStepSaver(training_dir(ctx, run, rnd) / SHARDED_STEPS, every_s, ctx.layout.group,
+                                pg=ctx.layout.group.tensors.pg)
+    return StepSaver(training_dir(ctx, run, rnd) / STEPS_FILE, every_s, ctx.layout.group)
 
 
 def training_done(ctx: SweepContext, run: RunSpec, rnd: int) -> None:

@@ -7,7 +7,8 @@ an uninterrupted run makes, and the phase ends with the same bits.
 
 The group leader writes (every rank of an unsharded group holds the same state); every rank reads the file
 itself, so weights never travel through MPI. A save is whole or absent (a temporary file, flushed, renamed).
-Files are read with `torch.load(weights_only=True)`.
+Files are read with `torch.load(weights_only=True)`. A sharded group keeps its steps with
+torch.distributed.checkpoint instead (training/shardsave.py), behind the same three calls: due, save, load.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from hpcrobust import savepoint
+from hpcrobust.log import log
 from hpcrobust.models.flops import FlopCount
 from hpcrobust.parallel.comm import Comm
 
@@ -42,15 +45,26 @@ class StepSaver:
     saves: int = 0  # made by this process (tests, logs)
     resumed_at: int = 0  # the step this phase went on from (0: from the start)
     _last: float = field(default_factory=time.monotonic)
+    _answered: float | None = None  # the save request (savepoint.request_id) this saver has saved for
 
     def due(self) -> bool:
-        """Whether to save after this step; the leader's clock (or a save request: savepoint.py) decides for the
-        whole group."""
-        return bool(self.group.bcast(self.every_s <= 0 or savepoint.requested()
-                                     or time.monotonic() - self._last >= self.every_s))
+        """Whether to save after this step; the leader's clock, or a save request (savepoint.py) not yet answered,
+        decides for the whole group."""
+        return bool(self.group.bcast(self.every_s <= 0 or time.monotonic() - self._last >= self.every_s
+                                     or (savepoint.requested() and savepoint.request_id() != self._answered)))
 
-    def save(self, state: dict) -> None:
-        """Collective over the group; the leader writes."""
+    def _done(self, scalars: dict) -> None:
+        self.saves += 1
+        self._last = time.monotonic()
+        if savepoint.requested() and savepoint.request_id() != self._answered:
+            self._answered = savepoint.request_id()
+            log(f"{' '.join(scalars.get('key', ()))}: kept step {scalars.get('step')} of {scalars.get('n_steps')}"
+                " (a save was requested)", all_ranks=self.group.rank == 0)
+        savepoint.saved()
+
+    def save(self, scalars: dict, model: nn.Module, opt: torch.optim.Optimizer, sched) -> None:
+        """Collective over the group; the leader writes. `scalars`: the step, the loss so far, ... (JSON-able)."""
+        state = {**scalars, "model": model.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict()}
         if self.group.rank == 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(self.path.name + ".tmp")
@@ -59,18 +73,20 @@ class StepSaver:
             os.replace(tmp, self.path)
             _fsync(self.path.parent)
         self.group.barrier()
-        self.saves += 1
-        self._last = time.monotonic()
-        savepoint.saved()
+        self._done(scalars)
 
-    def load(self, check: dict) -> dict | None:
-        """The kept state when it belongs to this phase (`check`: the fields that must match), else None."""
+    def load(self, check: dict, model: nn.Module, opt: torch.optim.Optimizer, sched) -> dict | None:
+        """Load the kept step into model, optimizer and schedule when it belongs to this phase (`check`: the fields
+        that must match) and return its scalars; else None (nothing is changed)."""
         exists = self.group.bcast(self.path.is_file() if self.group.rank == 0 else None)
         if not exists:
             return None
         state = torch.load(self.path, map_location="cpu", weights_only=True)
         if any(state.get(k) != v for k, v in check.items()):
             return None  # another phase's (or config's) steps: start afresh
+        model.load_state_dict(state.pop("model"))
+        opt.load_state_dict(state.pop("optim"))
+        sched.load_state_dict(state.pop("sched"))
         return state
 
     def clear(self) -> None:

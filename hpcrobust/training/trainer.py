@@ -149,8 +149,8 @@ def train(clf: Classifier, seqs: list[list[int]], labels: list[int], spec: Train
     """Train in place; returns the mean training loss and the FLOPs the group spent (all ranks).
 
     A non-finite step loss or weight raises NonFiniteError (the group's ranks see the same numbers, so all raise).
-    `saver` keeps the last finished step and goes on from one kept by an earlier attempt (training/resume.py);
-    a sharded model has none.
+    `saver` keeps the last finished step and goes on from one kept by an earlier attempt (training/resume.py;
+    a sharded model's: training/shardsave.py).
     """
     order = epoch_order(len(seqs), spec.epochs, spec.batch_size, seed, key)
     n_steps = len(order) // spec.batch_size
@@ -166,11 +166,8 @@ def train(clf: Classifier, seqs: list[list[int]], labels: list[int], spec: Train
     sharded = is_sharded(clf)  # FSDP sums the gradients (reduce-scatter); ranks keep their shards
     loss_sum, first = 0.0, 0
     check = {"key": [str(k) for k in key], "n_steps": n_steps, "batch_size": spec.batch_size, "n_examples": len(seqs)}
-    kept = saver.load(check) if saver is not None else None
+    kept = saver.load(check, clf.model, opt, sched) if saver is not None else None
     if kept is not None:  # go on from the last kept step: the same state an uninterrupted run has there
-        clf.model.load_state_dict(kept["model"])
-        opt.load_state_dict(kept["optim"])
-        sched.load_state_dict(kept["sched"])
         loss_sum, first = float(kept["loss_sum"]), int(kept["step"])
         if group.rank == 0:  # the group's FLOPs so far, counted once
             clf.meter.total.add(flops_from_state(kept["flops"]))
@@ -223,8 +220,8 @@ def train(clf: Classifier, seqs: list[list[int]], labels: list[int], spec: Train
             spent = FlopCount()
             for part in group.allgather(clf.meter.total.since(before)):
                 spent.add(part)
-            saver.save({**check, "step": step + 1, "loss_sum": loss_sum, "flops": flops_state(spent),
-                        "model": clf.model.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict()})
+            saver.save({**check, "step": step + 1, "loss_sum": loss_sum, "flops": flops_state(spent)}, clf.model, opt,
+                       sched)
     check_finite_weights(clf)
     clf.set_trainable(False)
     spent = clf.meter.total.since(before)
