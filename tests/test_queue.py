@@ -56,6 +56,8 @@ def test_queue_refuses_ensemble_attacks():
     with pytest.raises(UserError, match="parallel.schedule: queue cannot run ensemble attacks"):
         config_from_dict({}, ["parallel.schedule=queue",
                               "attacks=[{name: e, type: gcg, ensemble: true}]"])
+    with pytest.raises(UserError, match="parallel.schedule: queue does not feed experiment trackers"):
+        config_from_dict({}, ["parallel.schedule=queue", "tracking.backend=mlflow"])
 
 
 def test_queue_on_two_groups_stores_what_rounds_store(tiny):

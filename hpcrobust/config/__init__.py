@@ -121,6 +121,9 @@ def _validate(cfg: SweepConfig) -> None:
     if cfg.parallel.schedule == "queue" and any(a.ensemble for a in cfg.attacks):
         raise UserError("parallel.schedule: queue cannot run ensemble attacks (params.ensemble: every size of a seed"
                         " at once); use rounds")
+    if cfg.parallel.schedule == "queue" and cfg.tracking.backend != "none":
+        raise UserError("parallel.schedule: queue does not feed experiment trackers (tracking.backend); use rounds,"
+                        " or track from the results file afterwards")
     if cfg.parallel.shard and any(a.ensemble for a in cfg.attacks):
         raise UserError("parallel.shard: ensemble attacks (params.ensemble) are not supported with sharded models")
 
