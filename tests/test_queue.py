@@ -77,3 +77,20 @@ def test_queue_on_two_groups_stores_what_rounds_store(tiny):
     assert assert_same(d / "rounds.h5", d / "q.h5", root_attrs=False) > 40
     with h5py.File(d / "q.h5") as f:
         assert sorted(f["transfer"]) == ["0000", "0001", "0002"]
+
+
+def test_status_marks_the_claimed_rounds_running(tmp_path):
+    from hpcrobust.launch.status import RUNNING, WAITING, RunStatus, _cells, queue_claims
+    from hpcrobust.store.results import ResultsFile
+
+    rf = ResultsFile(tmp_path / "out.h5")
+    runs = [RunStatus("xs__seed0", "xs", 2), RunStatus("s__seed0", "s", 2)]
+    assert queue_claims(rf, runs) is None  # a sweep under the rounds schedule has no claim file
+    rf.checkpoint_root.mkdir()
+    (rf.checkpoint_root / "queue.json").write_text(json.dumps(
+        {"attempt": 0, "done": ["round:0:0"], "claims": {"round:0:1": 0, "round:1:0": 1, "transfer:0:0": 0}}))
+    claims = queue_claims(rf, runs)
+    assert claims == {"xs__seed0": {1}, "s__seed0": {0}}
+    runs[0].rounds[0] = {}
+    assert _cells(runs[0], "running", claims["xs__seed0"])[1:] == [RUNNING, WAITING]
+    assert _cells(runs[1], "running", claims["s__seed0"]) == [RUNNING, WAITING, WAITING]
