@@ -33,8 +33,8 @@ family: {{vocab_size: 400, corpus_lines: 3000, pretrain_steps: 30}}
 finetune: {{epochs: 1, lr: 2.0e-3, batch_size: 32, micro_batch_size: 16, eval_batch_size: 16}}
 parallel: {{score_chunk: 16, threads_per_rank: 1}}
 attacks:
-  - {{name: rt, type: random_token, n_examples: 6, n_iterations: 40, n_attack_tokens: 5}}
-  - {{name: gcg, type: gcg, n_examples: 4, n_iterations: 3, n_attack_tokens: 4, search_width: 24, topk: 32}}
+  - {{name: rt, type: random_token, n_examples: 8, n_iterations: 160, n_attack_tokens: 5}}
+  - {{name: gcg, type: gcg, n_examples: 8, n_iterations: 8, n_attack_tokens: 4, search_width: 32, topk: 32}}
 train_attacks: [{{name: rt_train, type: random_token, n_attack_tokens: 5}}]
 advtrain: {{rounds: {rounds}, attack: rt_train, n_new_examples: 12, max_examples: 48, iterations_start: 4,
            iterations_end: 12, lr: 1.0e-3}}
