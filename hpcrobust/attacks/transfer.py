@@ -16,8 +16,6 @@ from hpcrobust.attacks.config import AttackConfig
 from hpcrobust.attacks.engine import ScoringEngine
 from hpcrobust.attacks.evaluate import EvalSet
 from hpcrobust.models.classifier import Classifier
-from hpcrobust.parallel.collectives import allgather_records
-from hpcrobust.parallel.comm import Comm
 
 
 @dataclass
@@ -61,10 +59,8 @@ def transfer_counts(a: AttackConfig, sources: list[Source], targets: list[Target
     return out
 
 
-def transfer_matrix(world: Comm, a: AttackConfig, sources: list[Source], targets: list[Target], order: list[str],
-                    data: EvalSet) -> np.ndarray:
-    """Collective: the [source, target] ASR matrix over the runs in `order` (NaN where nothing counted)."""
-    counts = allgather_records(world, transfer_counts(a, sources, targets, data))
+def transfer_matrix(counts: dict[tuple[str, str], tuple[int, int]], order: list[str]) -> np.ndarray:
+    """The [source, target] ASR matrix over the runs in `order` (NaN where nothing counted)."""
     mat = np.full((len(order), len(order)), np.nan)
     for i, s in enumerate(order):
         for j, t in enumerate(order):

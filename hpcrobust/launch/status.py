@@ -6,13 +6,15 @@ the job named in the lock (or given with --job). Nothing is written, and torch i
 
 Each (run, round) cell is one of:
     committed   the round is in the file with its committed mark
-    running     the run's next round, while a live sweep holds the lock (or SLURM says the job runs)
+    running     the run's next round, while a live sweep holds the lock (or SLURM says the job runs); under
+                parallel.schedule=queue, the rounds the claim file says a group holds
     failed      the run's next round, when the lock's holder died (a stale lock) or SLURM says the job failed
     waiting     everything else that is planned (a stopped sweep, a queued job, later rounds)
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -175,10 +177,30 @@ def _sweep_state(runs: list[RunStatus], holder: LockHolder | None, job: JobInfo 
     return "stopped", "no sweep holds the lock"
 
 
-def _cells(run: RunStatus, state: str) -> list[str]:
+def _cells(run: RunStatus, state: str, claimed: set[int] | None = None) -> list[str]:
+    """`claimed`: under parallel.schedule=queue, the run's rounds some group holds now (the others wait)."""
     nxt = run.next_round
     mark = {"running": RUNNING, "failed": FAILED}.get(state, WAITING)
+    if claimed is not None and state == "running":
+        return [COMMITTED if r in run.rounds else (RUNNING if r in claimed else WAITING)
+                for r in range(run.planned + 1)]
     return [COMMITTED if r in run.rounds else (mark if r == nxt else WAITING) for r in range(run.planned + 1)]
+
+
+def queue_claims(rf: ResultsFile, runs: list[RunStatus]) -> dict[str, set[int]] | None:
+    """{run: rounds claimed} from a queue-scheduled sweep's claim file (sweep/queue.py), else None. Read without
+    its lock: the file is replaced whole."""
+    path = rf.checkpoint_root / "queue.json"
+    try:
+        claims = json.loads(path.read_text()).get("claims", {})
+    except (OSError, ValueError):
+        return None
+    out: dict[str, set[int]] = {r.key: set() for r in runs}
+    for name in claims:
+        kind, run, rnd = name.split(":")
+        if kind == "round" and 0 <= int(run) < len(runs):
+            out[runs[int(run)].key].add(int(rnd))
+    return out
 
 
 def estimate(runs: list[RunStatus]) -> dict[tuple[str, int], float] | None:
@@ -235,9 +257,10 @@ def collect(path: str | Path, job_id: str = "") -> SweepStatus:
     job_id = job_id or (holder.details.get("slurm_job", "") if holder is not None else "")
     job = slurm_job(job_id) if job_id else None
     state, why = _sweep_state(runs, holder, job)
+    claims = queue_claims(rf, runs) if state == "running" else None
     for run in runs:
         _checkpoints(rf, run)
-        run.cells = _cells(run, state)
+        run.cells = _cells(run, state, None if claims is None else claims[run.key])
     groups = 1
     if state == "running" and holder is not None and holder.details.get("groups", "").isdigit():
         groups = max(1, int(holder.details["groups"]))

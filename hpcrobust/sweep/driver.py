@@ -12,6 +12,7 @@ from hpcrobust.log import log, quiet
 from hpcrobust.parallel.collectives import broadcast_from_root
 from hpcrobust.sweep.context import SweepContext
 from hpcrobust.sweep.provenance import Attempt
+from hpcrobust.sweep.queue_driver import drive_queue
 from hpcrobust.sweep.round import record, run_round
 from hpcrobust.sweep.shared import (
     ensemble_phase,
@@ -23,6 +24,9 @@ from hpcrobust.sweep.shared import (
 
 
 def drive(ctx: SweepContext) -> None:
+    if ctx.cfg.parallel.schedule == "queue":
+        drive_queue(ctx)
+        return
     lay, plan = ctx.layout, ctx.plan
     done, attempt_no = broadcast_from_root(lay.world, (ctx.results.committed_rounds(), ctx.results.next_attempt())
                                            if lay.is_root else None)

@@ -12,6 +12,11 @@ callback may itself take part in a collective, or raise to stop every rank toget
     round_committed(ctx, rnd, n)    round `rnd` (n records) is in the file
     sweep_finished(ctx)             every round of every run is committed
 
+Under parallel.schedule=queue (sweep/queue_driver.py) groups meet only at the start and the end: there
+`round_started` fires on one group's ranks before each round it takes, and `runs_done`, `commit_step` and
+`round_committed` do not fire (a safe stop then requeues after launch.safe_stop_s, keeping what each group
+saved; debug.stop_after_round caps the queue instead).
+
 The SLURM safe stop (launch/safestop.py), the test switches (sweep/debug.py) and the experiment
 trackers (tracking/) attach here. Callbacks run in the order they were attached; an observer that must see
 every commit even when a later callback stops the sweep (a tracker) attaches with `first=True`.

@@ -23,7 +23,7 @@ import numpy as np
 
 from hpcrobust.attacks.ensemble import Member, run_ensemble_gcg
 from hpcrobust.attacks.random_token import RandomToken
-from hpcrobust.attacks.transfer import Source, Target, transfer_matrix
+from hpcrobust.attacks.transfer import Source, Target, transfer_counts, transfer_matrix
 from hpcrobust.config import AttackConfig, SweepConfig
 from hpcrobust.models.backoff import free_device_memory
 from hpcrobust.models.loading import resolve
@@ -55,21 +55,31 @@ def shared_tokenizer(cfg: SweepConfig):
     return cached_tokenizer(*keys[0])
 
 
+def _wanted_tables(ctx: SweepContext, rnd: int, seeds: Iterable[int]) -> list[tuple[int, AttackConfig]]:
+    """The (seed, RandomToken attack) pairs of round `rnd` that some run of the seed evaluates."""
+    active = ctx.plan.active(rnd)
+    return [(seed, a) for seed in seeds for a in ctx.cfg.attacks if a.type == RandomToken.type_name
+            and ctx.plan.evaluated(a, [r for r in active if r.seed == seed], rnd)]
+
+
+def random_token_tables(ctx: SweepContext, rnd: int, seeds: Iterable[int]) -> dict[tuple[int, str], np.ndarray]:
+    """{(seed, attack): [example, iteration, token]}, drawn here (a pure function of the config: any rank that
+    draws them gets the same tables)."""
+    cfg, tables = ctx.cfg, {}
+    wanted = _wanted_tables(ctx, rnd, seeds)
+    tok = shared_tokenizer(cfg) if wanted else None
+    if tok is not None:
+        for seed, a in wanted:
+            attack = RandomToken(a, seed, ("eval", rnd, a.name), tok, cfg.parallel.score_chunk)
+            tables[(seed, a.name)] = attack.candidate_table(min(a.n_examples, cfg.task.n_val))
+    return tables
+
+
 def share_random_tokens(ctx: SweepContext, rnd: int) -> dict[tuple[int, str], np.ndarray]:
-    """{(seed, attack): [example, iteration, token]} drawn on world rank 0 and broadcast to every rank."""
-    cfg, active = ctx.cfg, ctx.plan.active(rnd)
-    wanted = [(seed, a) for seed in cfg.seeds for a in cfg.attacks if a.type == RandomToken.type_name
-              and ctx.plan.evaluated(a, [r for r in active if r.seed == seed], rnd)]
-    if not wanted:
+    """Every seed's tables, drawn on world rank 0 and broadcast to every rank."""
+    if not _wanted_tables(ctx, rnd, ctx.cfg.seeds):
         return {}
-    tables = None
-    if ctx.layout.is_root:
-        tables = {}
-        tok = shared_tokenizer(cfg)
-        if tok is not None:
-            for seed, a in wanted:
-                attack = RandomToken(a, seed, ("eval", rnd, a.name), tok, cfg.parallel.score_chunk)
-                tables[(seed, a.name)] = attack.candidate_table(min(a.n_examples, cfg.task.n_val))
+    tables = random_token_tables(ctx, rnd, ctx.cfg.seeds) if ctx.layout.is_root else None
     return broadcast_candidates(ctx.layout.world, tables)
 
 
@@ -105,29 +115,44 @@ def ensemble_phase(ctx: SweepContext, rnd: int, active: list[RunSpec], held: dic
                     held[i].add(res)
 
 
+def transfer_spans(ctx: SweepContext, rnd: int) -> list[tuple[AttackConfig, list[RunSpec]]]:
+    """Per (non-ensemble) evaluation attack, the runs its round-`rnd` transfer matrix spans, in run order."""
+    active = ctx.plan.active(rnd)
+    spans = [(a, sorted(ctx.plan.evaluated(a, active, rnd), key=lambda r: r.index))
+             for a in ctx.cfg.attacks if not a.ensemble]
+    return [(a, runs) for a, runs in spans if runs]
+
+
+def transfer_record(rnd: int, spans: list[tuple[AttackConfig, list[RunSpec]]],
+                    counts: dict[tuple[str, str, str], tuple[int, int]]) -> Record | None:
+    """Round `rnd`'s transfer matrices from {(attack, source, target): (flipped, evaluated)}."""
+    arrays = {}
+    for a, runs in spans:
+        order = [r.key for r in runs]
+        arrays[f"{a.name}/{S.TRANSFER_ASR}"] = transfer_matrix(
+            {(s, t): v for (name, s, t), v in counts.items() if name == a.name}, order)
+        arrays[f"{a.name}/{S.TRANSFER_RUNS}"] = text_array(order)
+    return Record(path=S.transfer_path(rnd), attrs={"round": rnd}, arrays=arrays) if arrays else None
+
+
 def transfer_phase(ctx: SweepContext, rnd: int, active: list[RunSpec], held: dict[int, RoundState]
                    ) -> Record | None:
     """The source x target ASR matrix of every (non-ensemble) evaluation attack; a Record on world rank 0."""
-    cfg, layout = ctx.cfg, ctx.layout
-    attacks = [a for a in cfg.attacks if not a.ensemble]
-    if not attacks or not active:
+    layout = ctx.layout
+    spans = transfer_spans(ctx, rnd)
+    if not spans or not active:
         return None
     lead = layout.is_group_leader
-    arrays = {}
-    for a in attacks:
-        order = [r.key for r in sorted(ctx.plan.evaluated(a, active, rnd), key=lambda r: r.index)]
-        if not order:
-            continue
+    counts = {}
+    for a, runs in spans:
         mine = [st for st in held.values() if lead and a.name in st.results]
         finals = allgather_records(layout.world, {st.run.key: (st.results[a.name].tokens,
                                                                st.results[a.name].correct_before) for st in mine})
-        sources = [Source(k, *finals[k]) for k in order]
+        sources = [Source(r.key, *finals[r.key]) for r in runs]
         # a sharded model is run by all its group's ranks together (identical work, identical counts)
         targets = [Target(st.run.index, st.run.key, st.clf, st.correct) for st in held.values()
                    if a.name in st.results and (lead or layout.shard)]
-        mat = transfer_matrix(layout.world, a, sources, targets, order, ctx.eval_set)
-        arrays[f"{a.name}/{S.TRANSFER_ASR}"] = mat
-        arrays[f"{a.name}/{S.TRANSFER_RUNS}"] = text_array(order)
-    if not layout.is_root or not arrays:
-        return None
-    return Record(path=S.transfer_path(rnd), attrs={"round": rnd}, arrays=arrays)
+        mine_counts = transfer_counts(a, sources, targets, ctx.eval_set)
+        for (s, t), v in allgather_records(layout.world, mine_counts).items():
+            counts[(a.name, s, t)] = v
+    return transfer_record(rnd, spans, counts) if layout.is_root else None
