@@ -14,8 +14,8 @@ callback may itself take part in a collective, or raise to stop every rank toget
 
 Under parallel.schedule=queue (sweep/queue_driver.py) groups meet only at the start and the end: there
 `round_started` fires on one group's ranks before each round it takes, and `runs_done`, `commit_step` and
-`round_committed` do not fire (a safe stop then requeues after launch.safe_stop_s, keeping what each group
-saved; debug.stop_after_round caps the queue instead).
+`round_committed` do not fire (on a safe stop each group stops taking items and counts as saved once its
+current item is committed or its savers have kept their state; debug.stop_after_round caps the queue instead).
 
 The SLURM safe stop (launch/safestop.py), the test switches (sweep/debug.py) and the experiment
 trackers (tracking/) attach here. Callbacks run in the order they were attached; an observer that must see

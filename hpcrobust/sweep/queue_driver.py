@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpcrobust import savepoint
 from hpcrobust.attacks.transfer import Source, Target, transfer_counts
 from hpcrobust.log import log, quiet
 from hpcrobust.models.loading import count_parameters
@@ -115,6 +116,8 @@ def drive_queue(ctx: SweepContext) -> None:
         bar = tqdm(total=n_all, initial=n_done, desc="sweep", unit="round", dynamic_ncols=True)
     n_rounds, wait = 0, POLL_S[0]
     while True:
+        if lay.group.bcast(savepoint.requested() if lay.is_group_leader else None):
+            stop_taking_work(ctx)
         item = lay.group.bcast(queue.take(lay.group_index) if lay.is_group_leader else None)
         if item is None:
             break
@@ -144,6 +147,17 @@ def drive_queue(ctx: SweepContext) -> None:
                                                    for r in plan.runs):
         raise SystemExit(3)  # every rank: the queue stopped after debug.stop_after_round
     ctx.hooks.fire("sweep_finished", ctx)
+
+
+def stop_taking_work(ctx: SweepContext) -> None:
+    """A save was requested (SLURM's USR2): what this group did is committed or kept, so it takes nothing more
+    and counts as saved; world rank 0 requeues the job once every group has saved (launch/safestop.py)."""
+    if ctx.layout.is_group_leader:
+        savepoint.saved()
+    log(f"group {ctx.layout.group_index}: a save was requested; its work is committed or kept, it takes no more"
+        " items and waits for the requeue", all_ranks=ctx.layout.is_group_leader)
+    while True:
+        time.sleep(1.0)  # the requeue ends the job; signal handlers run between the sleeps
 
 
 def do_item(ctx: SweepContext, item: Item) -> list[Record]:
