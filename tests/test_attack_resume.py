@@ -30,8 +30,9 @@ ATTACKS = ("attacks=[{name: rt, type: random_token, n_examples: 12, n_iterations
            " branching: 3}]")
 STEPS = {"rt": 3, "gcg": 3, "beast": 4, "gcg_train": 3}
 EVAL = ["seeds=[0]", "models=[builtin:xs]", "launch.save_every_min=0", ATTACKS]
-# one adversarial round whose training attack is GCG on 8 training examples (all attacked)
-ADV = [*EVAL, "train_attacks=[{name: gcg_train, type: gcg, n_attack_tokens: 4, search_width: 16, topk: 32}]",
+# one adversarial round whose training attack is GCG on 8 training examples (all attacked); one small evaluation
+ADV = [*EVAL[:3], "attacks=[{name: rt, type: random_token, n_examples: 4, n_iterations: 16, n_attack_tokens: 5}]",
+       "train_attacks=[{name: gcg_train, type: gcg, n_attack_tokens: 4, search_width: 16, topk: 32}]",
        "advtrain.rounds=1", "advtrain.attack=gcg_train", "advtrain.n_new_examples=8", "advtrain.max_examples=32",
        "advtrain.iterations_start=3", "advtrain.iterations_end=3", "advtrain.epochs=1"]
 

@@ -8,7 +8,8 @@ after the next round is committed (a collective point that all of them reach), t
 Only then does rank 0 hand over to submitit, which checkpoints and requeues the job. If no commit
 comes within `grace_s`, rank 0 requeues mid-round: commits are atomic, so the file keeps every
 committed round and the requeued job goes on with the round in progress from what it kept
-(sweep/progress.py: training steps, the training attack, finished evaluation attacks).
+(sweep/progress.py: training steps, the state of a running attack, the training attack, finished evaluation
+attacks).
 
 The check is attached to the sweep's `round_committed` hook (sweep/hooks.py), which every rank
 fires right after each commit.
