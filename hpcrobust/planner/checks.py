@@ -61,8 +61,9 @@ def memory_warnings(cfg: SweepConfig, plan: Plan) -> list[str]:
 
 
 def segments(round_s: list[float], limit: float) -> int:
-    """Jobs (the first and its requeues) needed when each may run `limit` seconds and only whole rounds count:
-    a round that does not fit in what is left is cut and starts again in the next job."""
+    """Jobs (the first and its requeues) needed when each may run `limit` seconds, counted as if a round that does
+    not fit in what is left started again in the next job (an upper bound: a cut round goes on from the training
+    steps and attack states it kept)."""
     jobs, left = 1, limit
     for r in round_s:
         if r > left:
