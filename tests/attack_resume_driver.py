@@ -9,7 +9,9 @@ in the working folder. MODE is `none` (run to the end), or `WHEN:ROUND:ATTACK:ST
 - `propose`: pause at the first proposal of that step (nothing of the step is done yet);
 - `scored`: pause after the step's candidates are proposed and scored, before they are used;
 - `request`: ask for a save (savepoint.request()) at the first proposal of that step; pause right after the next
-  kept attack state.
+  kept attack state;
+- `saved` (ROUND is ignored): pause right after ATTACK kept its state at STEP (ensemble GCG: at that example).
+Ensemble GCG's gradients are logged as proposals `ensemble 0 ens 0 EXAMPLE` (one per size and iteration).
 A process that pauses writes MARKER (what it paused on) and sleeps, as a kill at that moment would find it.
 """
 
@@ -24,7 +26,7 @@ from pathlib import Path
 def main() -> int:
     tag, mode, marker, *rest = sys.argv[1:]
     from hpcrobust import savepoint
-    from hpcrobust.attacks import base
+    from hpcrobust.attacks import base, ensemble
     from hpcrobust.attacks.registry import attack_class, known_types
     from hpcrobust.attacks.state import AttackSaver
     from hpcrobust.sweep.command import run_command
@@ -87,6 +89,24 @@ def main() -> int:
             pause(f"saved {self.label} {state.step}")
 
     AttackSaver.save = kept
+    save_arrays = AttackSaver.save_arrays
+
+    def kept_arrays(self, check, step, wall_s, arrays):
+        save_arrays(self, check, step, wall_s, arrays)
+        saves.write(f"{self.label} {step}\n")
+        saves.flush()
+        if when == "saved" and self.label.endswith(f": {target.split(':')[1]}") and step == int(target.split(":")[2]):
+            pause(f"saved {self.label} {step}")
+
+    AttackSaver.save_arrays = kept_arrays
+    gradient = ensemble.token_gradient
+
+    def logged_gradient(engine, key, enc, tokens):
+        proposals.write(f"ensemble 0 ens 0 {key}\n")
+        proposals.flush()
+        return gradient(engine, key, enc, tokens)
+
+    ensemble.token_gradient = logged_gradient
     return run_command(rest[0], rest[1:], quiet=False)
 
 

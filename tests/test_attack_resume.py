@@ -117,8 +117,9 @@ def _check_attempts(cwd: Path, ref: Counter, killed: list[tuple[str, str, str, i
         nxt = killed[k + 1][0] if k + 1 < len(killed) else last
         mine = {p: n for p, n in _proposals(cwd, tag).items() if p[1:3] == (rnd, name)}
         again.update({p: n for p, n in mine.items() if int(p[4]) >= step})
-        later = [p for p in _proposals(cwd, nxt) if p[1:3] == (rnd, name)]
-        assert later and min(int(p[4]) for p in later) == step  # the rerun starts exactly at the kept step
+        later = [int(p[4]) for p in _proposals(cwd, nxt) if p[1:3] == (rnd, name)]
+        due = min(int(p[4]) for p in ref if p[1:3] == (rnd, name) and int(p[4]) >= step)
+        assert later and min(later) == due  # the rerun starts exactly at the kept step (its first work from there)
     assert total == ref + again, (total - ref - again, ref + again - total)
 
 
@@ -185,3 +186,22 @@ def test_a_save_request_is_honoured_at_the_next_step(tmp_path, ref_eval):
     assert "round 0: gcg resumed at step 2 of 3" in log, log[-2000:]
     _check_attempts(cwd, ref, [("a0", "0", "gcg", 2)], "last")
     assert assert_same(ref_file, cwd / "out.h5") > 50
+
+
+ENSEMBLE = ["seeds=[0]", "launch.save_every_min=0", "attacks=[{name: ens, type: gcg, ensemble: true, n_examples: 8,"
+            " n_iterations: 2, n_attack_tokens: 4, search_width: 16, topk: 32}]"]
+
+
+def test_a_kill_inside_an_ensemble_goes_on_from_its_last_example(tmp_path, family_cache):
+    """Ensemble GCG (both sizes of a seed) keeps its state between examples: killed right after keeping example
+    k's start, the rerun goes on at example k, no example's gradients are computed twice, and the file equals an
+    uninterrupted run's."""
+    ref_file, ref = _reference(tmp_path / "ref", ENSEMBLE)
+    cwd = _copy_config(tmp_path / "killed")
+    k = random.Random(5).randrange(1, 8)
+    _kill_when_paused(cwd, "a0", f"saved:0:ens:{k}", ENSEMBLE)
+    log = _finish(cwd, "last", ENSEMBLE)
+    assert f"round 0: ensemble ens (seed 0) resumed at example {k} of 8" in log, log[-2000:]
+    _check_attempts(cwd, ref, [("a0", "0", "ens", k)], "last")
+    assert assert_same(ref_file, cwd / "out.h5") > 50
+    assert not list((cwd / "out.h5.ckpt").rglob("*.state.h5"))

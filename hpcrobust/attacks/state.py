@@ -30,6 +30,7 @@ from hpcrobust.parallel.comm import Comm
 from hpcrobust.store.writer import fsync_path
 
 VERSION = 1
+FLOP_FIELDS = ("nominal", "actual", "forward_tokens", "backward_tokens")
 
 
 @dataclass
@@ -93,6 +94,29 @@ def _read(path: Path, check: str) -> AttackState | None:
             flops=[FlopCount(*c) for c in zip(*cols, strict=True)], wall_s=float(f.attrs["wall_s"]))
 
 
+def _write_flat(path: Path, check: str, step: int, wall_s: float, arrays: dict[str, np.ndarray]) -> None:
+    with h5py.File(path, "w") as f:
+        f.attrs.update(version=VERSION, check=check, step=step, wall_s=wall_s, flat=1)
+        for k, v in arrays.items():
+            f[k] = np.asarray(v)
+
+
+def _read_flat(path: Path, check: str) -> tuple[int, float, dict[str, np.ndarray]] | None:
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("version") != VERSION or f.attrs.get("check") != check or f.attrs.get("flat") != 1:
+            return None
+        return int(f.attrs["step"]), float(f.attrs["wall_s"]), {k: f[k][()] for k in f}
+
+
+def flops_arrays(counts: list[FlopCount]) -> np.ndarray:
+    """FLOP counts per iteration as exact decimal strings, [4, n_iterations+1] (nominal, actual, tokens)."""
+    return np.stack([_ints([getattr(c, k) for c in counts]) for k in FLOP_FIELDS])
+
+
+def flops_from_arrays(a: np.ndarray) -> list[FlopCount]:
+    return [FlopCount(*(int(v) for v in col)) for col in np.asarray(a).T]
+
+
 @dataclass
 class AttackSaver:
     """Where (`path`) and how often (`every_s`; 0 = after every step) an attack keeps its state; `label` names
@@ -115,10 +139,17 @@ class AttackSaver:
     def save(self, check: str, state: AttackState) -> None:
         """Collective over the group (every rank holds the same state but its own FLOPs; `state.flops` must be
         the group's sum already); the leader writes."""
+        self._commit(lambda tmp: _write(tmp, check, state))
+
+    def save_arrays(self, check: str, step: int, wall_s: float, arrays: dict[str, np.ndarray]) -> None:
+        """The same for an attack that is not lockstep (ensemble GCG): named arrays, the same on every rank."""
+        self._commit(lambda tmp: _write_flat(tmp, check, step, wall_s, arrays))
+
+    def _commit(self, write) -> None:
         if self.group.rank == 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(self.path.name + ".tmp")
-            _write(tmp, check, state)
+            write(tmp)
             fsync_path(tmp)
             os.replace(tmp, self.path)
             fsync_path(self.path.parent)
@@ -129,10 +160,17 @@ class AttackSaver:
 
     def load(self, check: str) -> AttackState | None:
         """The kept state when it belongs to this attack (`check`), else None (collective: the leader reads)."""
+        return self._fetch(lambda: _read(self.path, check))
+
+    def load_arrays(self, check: str) -> tuple[int, float, dict[str, np.ndarray]] | None:
+        """What `save_arrays` kept for this attack (step, wall time, arrays), else None (collective)."""
+        return self._fetch(lambda: _read_flat(self.path, check))
+
+    def _fetch(self, read):
         found = None
         if self.group.rank == 0 and self.path.is_file():
             try:
-                found = _read(self.path, check)
+                found = read()
             except (OSError, KeyError, ValueError):
                 found = None  # unreadable (not ours, or another version's layout): start afresh
         return self.group.bcast(found)

@@ -10,6 +10,7 @@ inside the round instead of from its start.
         progress.json                   the training phase's numbers (train loss, FLOPs, ...)
         attacks/<name>.state.h5         an evaluation attack's state while it runs (attacks/state.py)
         attacks/<name>.h5               each evaluation attack's result, as soon as it is done
+        attacks/<name>.ensemble.state.h5  (the first member run of an ensemble) the ensemble's state while it runs
 
 A resumed round loads the trained model from its own checkpoint, skips every attack whose result is there and
 goes on inside an attack from its kept state (every `launch.save_every_min` minutes, or on a save request:
@@ -110,6 +111,14 @@ def attack_saver(ctx: SweepContext, run: RunSpec, rnd: int, name: str, training:
     label = f"{run.key} round {rnd}: {'training attack ' if training else ''}{name}"
     return AttackSaver(state_file(ctx, run, rnd, None if training else name), 60.0 * ctx.cfg.launch.save_every_min,
                        ctx.layout.group, label)
+
+
+def ensemble_saver(ctx: SweepContext, first: RunSpec, rnd: int, name: str) -> AttackSaver:
+    """The saver of an ensemble attack over the sizes of a seed (collective over the world; world rank 0 writes),
+    kept beside the first member run's attack results. It is removed when the ensemble ends: an ensemble that
+    finished in a killed attempt runs again (as transfer does), one cut inside goes on from its last example."""
+    path = round_dir(ctx, first, rnd) / ATTACKS_DIR / f"{name}.ensemble.state.h5"
+    return AttackSaver(path, 60.0 * ctx.cfg.launch.save_every_min, ctx.layout.world, f"{first.key} round {rnd}: {name}")
 
 
 def save_attack(ctx: SweepContext, run: RunSpec, rnd: int, res: AttackResult, training: bool = False) -> None:
