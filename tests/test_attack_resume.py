@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -163,9 +164,11 @@ def test_a_group_of_two_killed_inside_an_attack_resumes_on_two_and_on_one_rank(t
     """The kept state is the group's (FLOPs of both ranks summed): 2 ranks and 1 rank go on from it to the same
     bits as an uninterrupted run."""
     ref_file, ref = ref_eval
-    for ranks in (2, 1):
-        cwd = _copy_config(tmp_path / f"r{ranks}")
-        _kill_when_paused(cwd, "a0", "scored:0:gcg:2", [*EVAL, "parallel.ranks_per_group=2"], ranks=2)
+    killed = _copy_config(tmp_path / "killed")
+    _kill_when_paused(killed, "a0", "scored:0:gcg:2", [*EVAL, "parallel.ranks_per_group=2"], ranks=2)
+    for ranks in (2, 1):  # the same killed folder, resumed twice
+        cwd = tmp_path / f"r{ranks}"
+        shutil.copytree(killed, cwd)
         args = [*EVAL, "parallel.ranks_per_group=2"] if ranks == 2 else EVAL
         log = _finish(cwd, "last", args, ranks=ranks)
         assert "round 0: gcg resumed at step 2 of 3" in log, log[-2000:]
