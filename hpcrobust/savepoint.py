@@ -67,3 +67,26 @@ def plug(notify: Callable[[str], None] | None, progress: Callable[[], tuple[int,
 def progress() -> tuple[int, int] | None:
     """(groups that saved since the request, groups in the sweep) where this process can tell, else None."""
     return _progress() if _progress is not None else None
+
+
+class SaveClock:
+    """When a saver of work in progress (training steps, attack state) saves: every `every_s` seconds (0: after
+    every step), and once per save request. The group leader's answer is the group's (the saver broadcasts it)."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self._last = time.monotonic()
+        self._answered: float | None = None  # the request (request_id) already saved for
+
+    def due(self) -> bool:
+        return (self.every_s <= 0 or time.monotonic() - self._last >= self.every_s
+                or (requested() and request_id() != self._answered))
+
+    def ticked(self) -> bool:
+        """Note a save (and tell `saved()`); True when it answered a pending request."""
+        self._last = time.monotonic()
+        answered = requested() and request_id() != self._answered
+        if answered:
+            self._answered = request_id()
+        saved()
+        return answered

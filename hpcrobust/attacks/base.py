@@ -11,6 +11,7 @@ numbers do not depend on how many there are.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,9 @@ import numpy as np
 
 from hpcrobust.attacks.config import AttackConfig, AttackParams
 from hpcrobust.attacks.engine import Scores, ScoringEngine, gather_scores_on_device
+from hpcrobust.attacks.state import AttackSaver, AttackState
 from hpcrobust.errors import UserError
+from hpcrobust.log import log
 from hpcrobust.models.classifier import Classifier
 from hpcrobust.models.config import FamilyConfig, ModelConfig
 from hpcrobust.models.flops import FlopCount
@@ -206,6 +209,15 @@ class Attack(ABC):
     @abstractmethod
     def update(self, st: ExampleState, step: int, cands: np.ndarray, sc: Scores) -> None: ...
 
+    def state_arrays(self, st: ExampleState) -> dict[str, np.ndarray]:
+        """What the attack keeps about an example besides tokens, flags and losses (`st.extra`), as arrays, so that
+        a killed run goes on inside the attack (attacks/state.py); nothing by default."""
+        return {}
+
+    def load_state(self, st: ExampleState, arrays: dict[str, np.ndarray]) -> None:
+        """Put back, after `start`, what `state_arrays` gave; what is not state (caches) is rebuilt uncounted."""
+        return None
+
 
 def _digest(states: list[ExampleState]) -> str:
     h = hashlib.sha256()
@@ -241,9 +253,42 @@ def _score_round(engine: ScoringEngine, group: Comm, states: list[ExampleState],
             for st in running}
 
 
+def state_check(attack: Attack, engine: ScoringEngine, examples: list[tuple[int, Encoded]],
+                correct_before: np.ndarray) -> str:
+    """What a kept attack state must have been made with to be this attack's (any rank count)."""
+    facts = {"type": attack.type_name, "cfg": attack.cfg.to_data(), "seed": attack.seed,
+             "key": [str(k) for k in attack.key], "n_steps": attack.n_steps, "n_iterations": attack.n_iterations,
+             "chunk": engine.chunk, "examples": [int(i) for i, _ in examples],
+             "correct": np.asarray(correct_before, dtype=bool).tolist()}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _capture(attack: Attack, states: list[ExampleState], step: int, hits: np.ndarray, reached: np.ndarray,
+             flops: list[FlopCount], wall_s: float) -> AttackState:
+    return AttackState(
+        step=step, tokens=[np.asarray(st.tokens, dtype=np.int64) for st in states],
+        done=np.array([st.done for st in states], dtype=bool),
+        first_success=np.array([st.first_success for st in states], dtype=np.int64),
+        best_loss=np.array([st.best_loss for st in states], dtype=np.float64),
+        now_flipped=np.array([st.now_flipped for st in states], dtype=bool),
+        extra=[attack.state_arrays(st) for st in states], hits=hits.copy(), reached=reached.copy(),
+        flops=flops, wall_s=wall_s)
+
+
+def _restore(attack: Attack, states: list[ExampleState], kept: AttackState) -> None:
+    for st in states:
+        st.tokens = np.asarray(kept.tokens[st.i], dtype=np.int64).copy()
+        st.done, st.now_flipped = bool(kept.done[st.i]), bool(kept.now_flipped[st.i])
+        st.first_success, st.best_loss = int(kept.first_success[st.i]), float(kept.best_loss[st.i])
+        attack.load_state(st, kept.extra[st.i])
+
+
 def run_attack(attack: Attack, engine: ScoringEngine, group: Comm, examples: list[tuple[int, Encoded]],
-               correct_before: np.ndarray) -> AttackResult:
-    """Attack `examples` (validation index, encoding) with the whole group; every rank returns the result."""
+               correct_before: np.ndarray, saver: AttackSaver | None = None) -> AttackResult:
+    """Attack `examples` (validation index, encoding) with the whole group; every rank returns the result.
+
+    `saver` keeps the attack's state at step boundaries and goes on from one kept by an earlier attempt
+    (attacks/state.py)."""
     t0 = time.time()
     n_it = attack.n_iterations
     meters = (engine.clf.meter, *attack.meters)
@@ -265,27 +310,52 @@ def run_attack(attack: Attack, engine: ScoringEngine, group: Comm, examples: lis
 
     hits = np.zeros((len(states), n_it + 1), dtype=bool)  # current candidate misclassified, per iteration
     reached = np.zeros(len(states), dtype=np.int64)  # last iteration recorded in `hits`
+    check = state_check(attack, engine, examples, correct_before) if saver is not None else ""
+
+    def keep(step: int) -> None:
+        """Collective: the group's state after `step` steps, with the FLOPs of every rank summed."""
+        summed = [FlopCount() for _ in range(n_it + 1)]
+        for part in group.allgather(buckets):
+            for t, c in zip(summed, part, strict=True):
+                t.add(c)
+        wall = group.allreduce_max(time.time() - t0)
+        saver.save(check, _capture(attack, states, step, hits, reached, summed, wall))
+
     for st in states:
         attack.start(st)
         if not correct_before[st.i]:
             st.done = True
-    # iteration 0: the prefix caches and whatever the attack evaluates before its first step
-    start = snap()
-    setup: dict[int, np.ndarray] = {}
-    for st in states:
-        if not st.done and st.i % g == me:
-            engine.prefix(st.i, st.enc, count=True)
-            c = attack.setup(st, engine)
-            if c is not None:
-                setup[st.i] = c
-    sync(engine.clf)  # a sharded model: pad until every rank of the group is done (no-op otherwise)
-    setup = share_indexed(group, setup)
-    if setup:
-        for i, sc in _score_round(engine, group, states, setup).items():
-            attack.update_setup(states[i], setup[i], sc)
-    charge(start, range(0, 1))
+    kept = saver.load(check) if saver is not None else None
+    if kept is not None:  # go on from the kept step; its FLOPs count once, on the group leader
+        _restore(attack, states, kept)
+        hits[:], reached[:] = kept.hits, kept.reached
+        if me == 0:
+            buckets = [c.snapshot() for c in kept.flops]
+        t0 -= kept.wall_s
+        first_step = saver.resumed_at = kept.step
+        log(f"{saver.label} resumed at step {kept.step} of {attack.n_steps} (kept by an earlier attempt)",
+            all_ranks=me == 0)
+    else:
+        # iteration 0: the prefix caches and whatever the attack evaluates before its first step
+        start = snap()
+        setup: dict[int, np.ndarray] = {}
+        for st in states:
+            if not st.done and st.i % g == me:
+                engine.prefix(st.i, st.enc, count=True)
+                c = attack.setup(st, engine)
+                if c is not None:
+                    setup[st.i] = c
+        sync(engine.clf)  # a sharded model: pad until every rank of the group is done (no-op otherwise)
+        setup = share_indexed(group, setup)
+        if setup:
+            for i, sc in _score_round(engine, group, states, setup).items():
+                attack.update_setup(states[i], setup[i], sc)
+        charge(start, range(0, 1))
+        first_step = 0
+        if saver is not None and attack.n_steps > 0 and saver.due():
+            keep(0)
 
-    for step in range(attack.n_steps):
+    for step in range(first_step, attack.n_steps):
         running = [st for st in states if not st.done]
         if not running:
             break
@@ -300,6 +370,8 @@ def run_attack(attack: Attack, engine: ScoringEngine, group: Comm, examples: lis
             hits[st.i, its.start:its.stop] = attack.current_flips(st, its)
             reached[st.i] = its.stop - 1
         charge(start, its)
+        if saver is not None and step + 1 < attack.n_steps and saver.due():
+            keep(step + 1)
 
     if g > 1 and not ranks_agree(group, _digest(states)):
         raise RuntimeError(f"ranks of a group diverged in attack {attack.cfg.name}")

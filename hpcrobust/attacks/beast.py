@@ -170,25 +170,55 @@ class Beast(Attack):
         st.tokens = np.zeros(0, dtype=np.int64)
         st.extra["beams"] = np.zeros((1, 0), dtype=np.int64)
         st.extra["parents"] = np.zeros(1, dtype=np.int64)
+        st.extra["trail_parents"], st.extra["trail_tokens"] = [], []  # every step's: to rebuild a sampler cache
 
     def _advance_sampler(self, st: ExampleState) -> np.ndarray:
         """Bring this example's sampler cache up to the current beams; next-token logits per beam."""
         s = self._lead.get(st.i)
         beams: np.ndarray = st.extra["beams"]
         if s is None:
-            prompt = list(st.enc.before) or [self.bos]
-            cache = DynamicCache()
-            ids = torch.tensor([prompt], device=self.sampler.device)
-            logits = self.sampler.forward(ids, cache, 0)
-            s = self._lead[st.i] = {"cache": cache, "len": len(prompt), "logits": logits, "width": 0}
+            s = self._lead[st.i] = self._replay(st, beams.shape[1])
         if beams.shape[1] > s["width"]:  # new beams chosen by the last update: reorder, then feed their token
-            idx = torch.as_tensor(st.extra["parents"], device=self.sampler.device)
-            s["cache"].batch_select_indices(idx)
-            new = torch.as_tensor(beams[:, -1:], device=self.sampler.device)
-            s["logits"] = self.sampler.forward(new, s["cache"], s["len"])
-            s["len"] += 1
-            s["width"] = beams.shape[1]
+            self._feed(s, st.extra["parents"], beams[:, -1:])
         return s["logits"].cpu().numpy()
+
+    def _feed(self, s: dict, parents: np.ndarray, tokens: np.ndarray) -> None:
+        s["cache"].batch_select_indices(torch.as_tensor(parents, device=self.sampler.device))
+        s["logits"] = self.sampler.forward(torch.as_tensor(tokens, device=self.sampler.device), s["cache"], s["len"])
+        s["len"] += 1
+        s["width"] += 1
+
+    def _replay(self, st: ExampleState, width: int) -> dict:
+        """The sampler cache of the prompt, then of the beams' tokens up to `width - 1` (one behind the beams, as
+        after the last step). Normally `width` is 0; after a resume inside the attack the kept trail of every
+        step's parents and new tokens is fed again exactly as it was (same batches, same bits), uncounted: its
+        FLOPs are in the kept FLOPs already."""
+        prompt = list(st.enc.before) or [self.bos]
+        start = self.meter.total.snapshot()
+        cache = DynamicCache()
+        ids = torch.tensor([prompt], device=self.sampler.device)
+        s = {"cache": cache, "len": len(prompt), "logits": self.sampler.forward(ids, cache, 0), "width": 0}
+        for w in range(width - 1):
+            self._feed(s, st.extra["trail_parents"][w], st.extra["trail_tokens"][w][:, None])
+        if width:
+            self.meter.total = start
+        return s
+
+    def state_arrays(self, st: ExampleState) -> dict[str, np.ndarray]:
+        trail_p, trail_t = st.extra["trail_parents"], st.extra["trail_tokens"]
+        return {"beams": st.extra["beams"], "parents": st.extra["parents"],
+                "trail_len": np.array([len(p) for p in trail_p], dtype=np.int64),
+                "trail_parents": np.concatenate([np.zeros(0, np.int64), *trail_p]),
+                "trail_tokens": np.concatenate([np.zeros(0, np.int64), *trail_t])}
+
+    def load_state(self, st: ExampleState, arrays: dict[str, np.ndarray]) -> None:
+        st.extra["beams"] = np.asarray(arrays["beams"], dtype=np.int64)
+        st.extra["parents"] = np.asarray(arrays["parents"], dtype=np.int64)
+        cut = np.cumsum(arrays["trail_len"])[:-1]
+        st.extra["trail_parents"] = np.split(np.asarray(arrays["trail_parents"], dtype=np.int64), cut)
+        st.extra["trail_tokens"] = np.split(np.asarray(arrays["trail_tokens"], dtype=np.int64), cut)
+        if not len(arrays["trail_len"]):
+            st.extra["trail_parents"], st.extra["trail_tokens"] = [], []
 
     def current_flips(self, st: ExampleState, its: range) -> list[bool]:
         return [st.now_flipped] * len(its)  # the best candidate seen
@@ -211,6 +241,8 @@ class Beast(Attack):
         per_beam = self.p.beam_width if width == 0 else self.p.branching
         st.extra["parents"] = (keep // per_beam).astype(np.int64) if width else np.zeros(len(keep), np.int64)
         st.extra["beams"] = cands[keep]
+        st.extra["trail_parents"].append(st.extra["parents"])
+        st.extra["trail_tokens"].append(cands[keep][:, -1].astype(np.int64))
         best = int(order[0])
         if float(sc.losses[best]) < st.best_loss:  # best seen so far (ties keep the earlier, shorter one)
             st.best_loss, st.tokens = float(sc.losses[best]), cands[best].copy()

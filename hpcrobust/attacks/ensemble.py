@@ -6,10 +6,16 @@ exchanged (allgather), every size scores all of them on its own model, and the l
 across sizes in run order. Every size then adopts the same best candidate (or, with a buffer, the
 best so far). With `early_stop`, an example stops once the shared string flips every size that
 classified it correctly; ASR is recorded per size.
+
+The examples run one after another, so the state kept for a resume (attacks/state.py, `save_arrays`) is taken
+between examples: the examples done, their strings, each size's first successes, losses and flips, and each size's
+FLOPs per iteration (they go back to the rank that holds the size).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 
@@ -20,6 +26,8 @@ from hpcrobust.attacks.config import AttackConfig
 from hpcrobust.attacks.engine import ScoringEngine
 from hpcrobust.attacks.evaluate import EvalSet
 from hpcrobust.attacks.gcg import Buffer, SwapSampler, initial_tokens, token_gradient
+from hpcrobust.attacks.state import AttackSaver, flops_arrays, flops_from_arrays
+from hpcrobust.log import log
 from hpcrobust.models.classifier import Classifier
 from hpcrobust.models.flops import FlopCount
 from hpcrobust.parallel.collectives import allgather_records
@@ -37,9 +45,16 @@ class Member:
     correct: np.ndarray  # [n_examples] classified correctly without the attack
 
 
+def _check(a: AttackConfig, members: list[Member], seed: int, rnd: int, n_ex: int) -> str:
+    facts = {"cfg": a.to_data(), "seed": seed, "round": rnd, "n_examples": n_ex,
+             "members": [[m.index, m.key, np.asarray(m.correct[:n_ex], dtype=bool).tolist()] for m in members]}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def run_ensemble_gcg(a: AttackConfig, members: list[Member], world: Comm, seed: int, rnd: int, data: EvalSet,
-                     tok) -> dict[int, AttackResult]:
-    """Collective over the world: every rank calls it with the same member list; returns results per run."""
+                     tok, saver: AttackSaver | None = None) -> dict[int, AttackResult]:
+    """Collective over the world: every rank calls it with the same member list; returns results per run.
+    `saver` (its group: the world) keeps the state between examples and goes on from a kept one."""
     t0 = time.time()
     members = sorted(members, key=lambda m: m.index)
     mine = [m for m in members if m.clf is not None]
@@ -65,7 +80,35 @@ def run_ensemble_gcg(a: AttackConfig, members: list[Member], world: Comm, seed: 
                 local[m.index] = (sc.losses, sc.flipped)
         return allgather_records(world, local)
 
-    for k in range(n_ex):
+    check = _check(a, members, seed, rnd, n_ex) if saver is not None else ""
+
+    def keep(k: int) -> None:
+        """Collective: the state after examples 0..k-1, with every size's FLOPs from the rank that holds it."""
+        everyone = allgather_records(world, {i: f for i, f in flops.items()})
+        arrays = {"finals": np.stack(finals)}
+        for m in members:
+            i = m.index
+            arrays.update({f"first_{i}": first[i], f"loss_{i}": losses_final[i], f"hits_{i}": hits[i],
+                           f"flops_{i}": flops_arrays(everyone[i])})
+        saver.save_arrays(check, k, world.allreduce_max(time.time() - t0), arrays)
+
+    start_k = 0
+    kept = saver.load_arrays(check) if saver is not None else None
+    if kept is not None:
+        start_k, wall, arr = kept
+        t0 -= wall
+        finals = [row.astype(np.int64) for row in arr["finals"]]
+        for m in members:
+            i = m.index
+            first[i], losses_final[i], hits[i] = arr[f"first_{i}"], arr[f"loss_{i}"], arr[f"hits_{i}"]
+            if i in flops:
+                flops[i] = flops_from_arrays(arr[f"flops_{i}"])
+        saver.resumed_at = start_k
+        log(f"round {rnd}: ensemble {a.name} (seed {seed}) resumed at example {start_k} of {n_ex} (kept by an"
+            " earlier attempt)")
+    for k in range(start_k, n_ex):
+        if saver is not None and k > start_k and saver.due():
+            keep(k)
         order = [m.index for m in members if m.correct[k]]  # the sizes this example is attacked on
         targets = set(order)
         if not targets:

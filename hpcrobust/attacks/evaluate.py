@@ -9,6 +9,7 @@ import numpy as np
 from hpcrobust.attacks.base import AttackEnv, AttackResult, run_attack
 from hpcrobust.attacks.config import AttackConfig
 from hpcrobust.attacks.engine import ScoringEngine
+from hpcrobust.attacks.state import AttackSaver
 from hpcrobust.parallel.comm import Comm
 from hpcrobust.tasks.base import Example
 from hpcrobust.tasks.placement import encode
@@ -32,12 +33,14 @@ def encode_examples(a: AttackConfig, tokenizer, examples: list[Example], indices
     return [(i, encode(tokenizer, examples[i], a.placement, a.infix_fraction)) for i in indices]
 
 
-def evaluate(a: AttackConfig, env: AttackEnv, group: Comm, data: EvalSet, clean_pred: np.ndarray) -> AttackResult:
-    """Collective over `group`; only examples the model classified correctly are attacked."""
+def evaluate(a: AttackConfig, env: AttackEnv, group: Comm, data: EvalSet, clean_pred: np.ndarray,
+             saver: AttackSaver | None = None) -> AttackResult:
+    """Collective over `group`; only examples the model classified correctly are attacked. `saver` keeps the
+    attack's state as it goes (attacks/state.py)."""
     val = data.examples
     n = min(a.n_examples, len(val))
     correct = clean_pred[:n] == np.array([val[i].label for i in range(n)])
     attack = a.plugin.build(a, env)
     engine = ScoringEngine(env.clf, data.score_chunk)
     encs = encode_examples(a, env.clf.tokenizer, val, list(range(n)))
-    return run_attack(attack, engine, group, encs, correct)
+    return run_attack(attack, engine, group, encs, correct, saver)

@@ -103,6 +103,16 @@ class Buffer:
     def best_flipped(self) -> bool:
         return self.items[0][2]
 
+    def arrays(self, n_tokens: int) -> dict[str, np.ndarray]:
+        """The entries, in order, as arrays (kept with an attack's state: attacks/state.py)."""
+        return {"buffer_loss": np.array([x[0] for x in self.items], dtype=np.float64),
+                "buffer_tokens": np.array([x[1] for x in self.items], dtype=np.int64).reshape(-1, n_tokens),
+                "buffer_flipped": np.array([x[2] for x in self.items], dtype=bool)}
+
+    def load(self, arrays: dict[str, np.ndarray]) -> None:
+        self.items = [(float(loss), np.asarray(toks, dtype=np.int64).copy(), bool(flip)) for loss, toks, flip
+                      in zip(arrays["buffer_loss"], arrays["buffer_tokens"], arrays["buffer_flipped"], strict=True)]
+
 
 class SwapSampler:
     """Turns a token gradient into `search_width` single- (or n_replace-) token swaps."""
@@ -167,6 +177,12 @@ class GCG(Attack):
 
     def setup(self, st: ExampleState, engine: ScoringEngine) -> np.ndarray:
         return st.tokens[None, :]
+
+    def state_arrays(self, st: ExampleState) -> dict[str, np.ndarray]:
+        return st.extra["buffer"].arrays(len(self.init))
+
+    def load_state(self, st: ExampleState, arrays: dict[str, np.ndarray]) -> None:
+        st.extra["buffer"].load(arrays)
 
     def update_setup(self, st: ExampleState, cands: np.ndarray, sc: Scores) -> None:
         super().update_setup(st, cands, sc)

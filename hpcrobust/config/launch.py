@@ -40,10 +40,10 @@ class LaunchConfig:
     safe_stop_s: float = setting(60.0, lo=0.0, doc="after USR2/TERM, wait at most this long for every group to save"
                                                    " its work in progress (or for the next committed round), then"
                                                    " requeue mid-round (committed rounds are kept either way)")
-    save_every_min: float = setting(10.0, lo=0.0, doc="inside a round, keep the training phase's last step at most"
-                                    " this many minutes old (0 = after every step; USR2 saves at once), so a killed or"
-                                    " requeued run goes on from it; the training attack and each evaluation attack are"
-                                    " kept when done")
+    save_every_min: float = setting(10.0, lo=0.0, doc="inside a round, keep the training phase's last step and a"
+                                    " running attack's state at most this many minutes old (0 = after every step; USR2"
+                                    " saves at once), so a killed or requeued run goes on from it; the training attack"
+                                    " and each evaluation attack are kept when done")
     freeze_code: bool = setting(True, doc="submit: copy the hpcrobust package next to the logs, so later edits of"
                                           " the checkout cannot change a queued job")
 

@@ -1,8 +1,8 @@
 """What would go wrong hours into a job, said before it is submitted, each with its fix.
 
-Warnings: a size that does not fit its device, a round that cannot finish within the time limit (so it never
-commits and the job requeues without end), a sweep that needs more requeues than allowed, ranks that get no
-run, attack types the plan cannot count. Notes: what the numbers assume.
+Warnings: a size that does not fit its device, a round longer than the time limit (it is cut, and goes on across
+requeues from the training steps and attack states it keeps), a sweep that needs more requeues than allowed, ranks
+that get no run, attack types the plan cannot count. Notes: what the numbers assume.
 """
 
 from __future__ import annotations
@@ -61,8 +61,9 @@ def memory_warnings(cfg: SweepConfig, plan: Plan) -> list[str]:
 
 
 def segments(round_s: list[float], limit: float) -> int:
-    """Jobs (the first and its requeues) needed when each may run `limit` seconds and only whole rounds count:
-    a round that does not fit in what is left is cut and starts again in the next job."""
+    """Jobs (the first and its requeues) needed when each may run `limit` seconds, counted as if a round that does
+    not fit in what is left started again in the next job (an upper bound: a cut round goes on from the training
+    steps and attack states it kept)."""
     jobs, left = 1, limit
     for r in round_s:
         if r > left:
@@ -83,11 +84,14 @@ def time_warnings(cfg: SweepConfig, plan: Plan) -> tuple[list[str], list[str]]:
         name = "" if j.label == "job" else f" ({j.label})"
         worst = max(range(len(j.round_s)), key=lambda k: j.round_s[k])
         if j.round_s[worst] > usable:
+            need = math.ceil(j.wall_s / usable) - 1  # a cut round goes on from what it kept: little is lost
+            count = (f"about {need} requeues, more than launch.max_requeues {plan.max_requeues} (raise it)"
+                     if need > plan.max_requeues else f"about {need} requeue(s)")
             out.append(f"round {worst}{name} takes {duration(j.round_s[worst])}, longer than the time limit"
-                       f" {duration(limit)}: a requeued job goes on from the training steps and finished attacks"
-                       f" the round kept, but an attack cut by the limit starts again, so unless each attack fits"
-                       f" in the limit the job requeues without end; fixes: {more}, a longer launch.timeout_min, or"
-                       f" fewer attacked examples or iterations per round")
+                       f" {duration(limit)}: it is cut, and each requeued job goes on inside it from the training"
+                       f" step or attack step it kept last (at most launch.save_every_min"
+                       f" {cfg.launch.save_every_min:g} min old, or saved on USR2), {count}; fixes: {more}, a"
+                       f" longer launch.timeout_min, or fewer attacked examples or iterations per round")
         elif j.wall_s > usable:
             need = segments(j.round_s, usable) - 1
             if need <= plan.max_requeues:

@@ -2,16 +2,21 @@
 inside the round instead of from its start.
 
     <output>.ckpt/<run>/round_RRRR.train/   while the round trains:
+        train_attack.state.h5           the training attack's state while it runs (attacks/state.py)
         train_attack.h5                 the training attack's result (adversarial rounds), once it is done
         steps.pt                        the last kept training step (training/resume.py)
         steps.dcp/                      ... of a sharded model: its shards and scalars (training/shardsave.py)
     <output>.ckpt/<run>/round_RRRR/     written as soon as the round's training is done (not at the round's end),
                                         and then the .train folder is removed:
         progress.json                   the training phase's numbers (train loss, FLOPs, ...)
+        attacks/<name>.state.h5         an evaluation attack's state while it runs (attacks/state.py)
         attacks/<name>.h5               each evaluation attack's result, as soon as it is done
+        attacks/<name>.ensemble.state.h5  (the first member run of an ensemble) the ensemble's state while it runs
 
-A resumed round loads the trained model from its own checkpoint and skips every attack whose result is
-there, so it stores what an uninterrupted round stores (weights are float32 safetensors, numbers are exact).
+A resumed round loads the trained model from its own checkpoint, skips every attack whose result is there and
+goes on inside an attack from its kept state (every `launch.save_every_min` minutes, or on a save request:
+savepoint.py), so it stores what an uninterrupted round stores (weights are float32 safetensors, numbers are
+exact). A state file is removed once its attack's result is kept.
 Every save is whole or absent: a temporary sibling, flushed, then renamed. The group leader writes; every
 rank of the group gets what it reads (a broadcast), so all ranks of a group always agree on what to skip.
 """
@@ -27,6 +32,7 @@ import h5py
 import numpy as np
 
 from hpcrobust.attacks.base import AttackResult
+from hpcrobust.attacks.state import AttackSaver
 from hpcrobust.store import schema as S
 from hpcrobust.store.schema import attack_arrays, decode_text
 from hpcrobust.store.writer import fsync_path
@@ -98,6 +104,27 @@ def attack_file(ctx: SweepContext, run: RunSpec, rnd: int, name: str | None) -> 
     return round_dir(ctx, run, rnd) / ATTACKS_DIR / f"{name}.h5"
 
 
+def state_file(ctx: SweepContext, run: RunSpec, rnd: int, name: str | None) -> Path:
+    """Where an evaluation attack (or the training attack: name None) keeps its state while it runs."""
+    res = attack_file(ctx, run, rnd, name)
+    return res.with_name(res.stem + ".state.h5")
+
+
+def attack_saver(ctx: SweepContext, run: RunSpec, rnd: int, name: str, training: bool = False) -> AttackSaver:
+    """The saver of an attack's state inside the round (any layout: the state holds no weights)."""
+    label = f"{run.key} round {rnd}: {'training attack ' if training else ''}{name}"
+    return AttackSaver(state_file(ctx, run, rnd, None if training else name), 60.0 * ctx.cfg.launch.save_every_min,
+                       ctx.layout.group, label)
+
+
+def ensemble_saver(ctx: SweepContext, first: RunSpec, rnd: int, name: str) -> AttackSaver:
+    """The saver of an ensemble attack over the sizes of a seed (collective over the world; world rank 0 writes),
+    kept beside the first member run's attack results. It is removed when the ensemble ends: an ensemble that
+    finished in a killed attempt runs again (as transfer does), one cut inside goes on from its last example."""
+    path = round_dir(ctx, first, rnd) / ATTACKS_DIR / f"{name}.ensemble.state.h5"
+    return AttackSaver(path, 60.0 * ctx.cfg.launch.save_every_min, ctx.layout.world, f"{first.key} round {rnd}: {name}")
+
+
 def save_attack(ctx: SweepContext, run: RunSpec, rnd: int, res: AttackResult, training: bool = False) -> None:
     """The leader keeps a finished attack's result (the datasets a round stores, and its name)."""
     if ctx.layout.is_group_leader:
@@ -111,6 +138,7 @@ def save_attack(ctx: SweepContext, run: RunSpec, rnd: int, res: AttackResult, tr
                     f.create_dataset(k.rsplit("/", 1)[-1], data=v)
 
         _atomic_write(path, write)
+        state_file(ctx, run, rnd, None if training else res.name).unlink(missing_ok=True)  # no longer needed
     ctx.layout.group.barrier()  # kept before any rank goes on
 
 

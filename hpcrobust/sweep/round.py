@@ -68,7 +68,8 @@ def run_round(ctx: SweepContext, run: RunSpec, rnd: int, tables: dict) -> RoundS
         res = progress.load_attack(ctx, run, rnd, a.name)
         kept = res is not None
         if not kept:
-            res = evaluate(a, ctx.attack_env(run, rnd, clf, shared=table), lay.group, ctx.eval_set, pred)
+            res = evaluate(a, ctx.attack_env(run, rnd, clf, shared=table), lay.group, ctx.eval_set, pred,
+                           progress.attack_saver(ctx, run, rnd, a.name))
             progress.save_attack(ctx, run, rnd, res)
         state.add(res)
         state.arrays.update(shared_candidate_arrays(a, table))
@@ -154,7 +155,7 @@ def adversarial(ctx: SweepContext, clf: Classifier, run: RunSpec, rnd: int, pool
         attack = a.plugin.build(a, ctx.attack_env(run, rnd, clf, purpose="train"))
         # Every sampled example is attacked, including ones the model already gets wrong.
         res = run_attack(attack, ScoringEngine(clf, cfg.parallel.score_chunk), group, encs,
-                         np.ones(len(encs), dtype=bool))
+                         np.ones(len(encs), dtype=bool), progress.attack_saver(ctx, run, rnd, a.name, training=True))
         progress.save_attack(ctx, run, rnd, res, training=True)
     else:
         log(f"{run.key} round {rnd}: training attack {a.name} resumed (done by an earlier attempt)",

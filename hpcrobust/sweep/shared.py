@@ -2,7 +2,8 @@
 
 - RandomToken candidates are drawn once on world rank 0 and broadcast, so every model size scores
   exactly the same candidates (when the sizes share a vocabulary).
-- Ensemble GCG attacks all sizes of a seed with one shared string.
+- Ensemble GCG attacks all sizes of a seed with one shared string (keeping its state between examples:
+  sweep/progress.py).
 - The transfer matrix scores every run's final strings on every other run's model.
 
 Each phase covers, per attack, only the runs that attack evaluates in this round (attacks.N.rounds): a
@@ -31,6 +32,7 @@ from hpcrobust.models.vocab import cached_tokenizer, vocabulary_digest
 from hpcrobust.parallel.collectives import allgather_records, broadcast_candidates
 from hpcrobust.store import schema as S
 from hpcrobust.store.schema import Record, text_array
+from hpcrobust.sweep import progress
 from hpcrobust.sweep.context import RoundState, SweepContext
 from hpcrobust.sweep.plan import RunSpec
 
@@ -109,7 +111,9 @@ def ensemble_phase(ctx: SweepContext, rnd: int, active: list[RunSpec], held: dic
                 continue
             members = [Member(r.index, r.key, held[r.index].clf if (lead and r.index in held) else None,
                               correct[r.index]) for r in runs]
-            out = run_ensemble_gcg(a, members, layout.world, seed, rnd, ctx.eval_set, tok)
+            saver = progress.ensemble_saver(ctx, min(runs, key=lambda r: r.index), rnd, a.name)
+            out = run_ensemble_gcg(a, members, layout.world, seed, rnd, ctx.eval_set, tok, saver)
+            saver.clear()
             for i, res in out.items():
                 if i in held:
                     held[i].add(res)

@@ -14,7 +14,6 @@ torch.distributed.checkpoint instead (training/shardsave.py), behind the same th
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,23 +43,20 @@ class StepSaver:
     group: Comm
     saves: int = 0  # made by this process (tests, logs)
     resumed_at: int = 0  # the step this phase went on from (0: from the start)
-    _last: float = field(default_factory=time.monotonic)
-    _answered: float | None = None  # the save request (savepoint.request_id) this saver has saved for
+    clock: savepoint.SaveClock = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.clock = savepoint.SaveClock(self.every_s)
 
     def due(self) -> bool:
-        """Whether to save after this step; the leader's clock, or a save request (savepoint.py) not yet answered,
-        decides for the whole group."""
-        return bool(self.group.bcast(self.every_s <= 0 or time.monotonic() - self._last >= self.every_s
-                                     or (savepoint.requested() and savepoint.request_id() != self._answered)))
+        """Whether to save after this step (savepoint.SaveClock); the leader decides for the whole group."""
+        return bool(self.group.bcast(self.clock.due()))
 
     def _done(self, scalars: dict) -> None:
         self.saves += 1
-        self._last = time.monotonic()
-        if savepoint.requested() and savepoint.request_id() != self._answered:
-            self._answered = savepoint.request_id()
+        if self.clock.ticked():
             log(f"{' '.join(scalars.get('key', ()))}: kept step {scalars.get('step')} of {scalars.get('n_steps')}"
                 " (a save was requested)", all_ranks=self.group.rank == 0)
-        savepoint.saved()
 
     def save(self, scalars: dict, model: nn.Module, opt: torch.optim.Optimizer, sched) -> None:
         """Collective over the group; the leader writes. `scalars`: the step, the loss so far, ... (JSON-able)."""
