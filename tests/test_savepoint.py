@@ -95,6 +95,17 @@ def test_a_step_saver_saves_once_for_each_request(tmp_path):
     assert saver.due()
 
 
+@pytest.fixture
+def speaking():
+    """Log lines on (an in-process run earlier in the session may have left --quiet or another rank set)."""
+    from hpcrobust import log as logmod
+
+    saved = dict(logmod._state)
+    logmod.setup(0, 1, quiet=False)
+    yield
+    logmod._state.update(saved)
+
+
 def _stop(grace_s: float, progress: list[tuple[int, int]]):
     fired: list[float] = []
     seen = iter(progress)
@@ -108,7 +119,7 @@ def _stop(grace_s: float, progress: list[tuple[int, int]]):
     return SafeStop(grace_s, on_timeout=lambda: fired.append(time.monotonic())), fired
 
 
-def test_usr2_requeues_as_soon_as_every_group_saved(capfd):
+def test_usr2_requeues_as_soon_as_every_group_saved(capfd, speaking):
     stop, fired = _stop(30.0, [(0, 2), (1, 2), (1, 2), (2, 2)])
     with stop:
         t0 = time.monotonic()
@@ -122,7 +133,7 @@ def test_usr2_requeues_as_soon_as_every_group_saved(capfd):
     assert "saved the work in progress of 2 group(s) after SIGUSR2: requeueing" in err
 
 
-def test_a_group_that_never_saves_runs_into_safe_stop_s(capfd):
+def test_a_group_that_never_saves_runs_into_safe_stop_s(capfd, speaking):
     stop, fired = _stop(1.0, [(1, 2)])
     with stop:
         t0 = time.monotonic()

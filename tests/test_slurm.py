@@ -95,7 +95,11 @@ def test_submitted_sweep_with_two_tasks_matches_mpiexec(work, partition, mpiexec
     assert assert_same(mpiexec_reference, work / "slurm.h5") > 100
 
 
-def test_usr2_stops_at_a_committed_round_requeues_and_completes(work, partition):
+def test_usr2_after_a_commit_requeues_and_redoes_nothing_committed_or_kept(work, partition):
+    """USR2 right after round 0 is committed: the job stops at the next commit, or (when the groups reach a save
+    point first: a training step, an attack step) saves the round in progress and requeues. Either way no committed
+    round is computed again, a round cut in the middle goes on from what it kept, and the file is the
+    uninterrupted one."""
     ref = run_cli(["run", "tiny.yaml", *ADV, "output=ref.h5", "--quiet"], cwd=work)
     assert ref.returncode == 0, ref.stderr[-3000:]
     out = work / "pre.h5"
@@ -117,14 +121,19 @@ def test_usr2_stops_at_a_committed_round_requeues_and_completes(work, partition)
     assert info.state == "COMPLETED" and info.restarts == 1, info
     assert set(_rounds(out).values()) == {frozenset(range(5))}
     assert_same(work / "ref.h5", out)
-    # Every round was computed exactly once: attempt 0 stopped right after a commit, attempt 1 went on from there.
+    first0, _, _ = _log(work, job, 0).partition("hpcrobust job: attempt 1")
+    committed = set(map(int, re.findall(r"round (\d+): committed", first0)))
+    assert 0 in committed, first0[-3000:]
+    assert ("stopped after a committed round (SIGUSR2)" in first0
+            or "saved the work in progress of 2 group(s) after SIGUSR2: requeueing" in first0), first0[-3000:]
     for task in (0, 1):
-        log = _log(work, job, task)
-        first, _, second = log.partition("hpcrobust job: attempt 1")
+        first, _, second = _log(work, job, task).partition("hpcrobust job: attempt 1")
         done = [set(map(int, re.findall(r"seed0 round (\d+): clean accuracy", part))) for part in (first, second)]
-        assert done[0] and done[1] and not done[0] & done[1], done
-        assert done[0] | done[1] == set(range(5)), done
-        assert "stopped after a committed round (SIGUSR2)" in first
+        assert done[0] and done[1] and done[0] | done[1] == set(range(5)), done
+        assert not committed & done[1], (committed, done)  # nothing committed is computed again
+        for rnd in done[0] & done[1]:  # a round cut in the middle went on from what it kept
+            assert re.search(rf"round {rnd}: (resumed after training|.*resumed at step|.*kept by an earlier attempt)",
+                             second), second[-3000:]
     print(f"\nUSR2 -> requeued (PENDING) {seen.get('PENDING', -1):.1f} s, RUNNING again"
           f" {seen.get('RUNNING', -1):.1f} s, COMPLETED {seen.get('COMPLETED', -1):.1f} s after the signal")
 
@@ -169,6 +178,37 @@ def test_usr2_inside_training_saves_every_group_requeues_and_resumes_at_the_save
         assert len(resumed) == 1 and 1 < int(kept[0]) <= int(resumed[0]) < 128, (kept, resumed)
     print(f"\nUSR2 inside training -> requeued (PENDING) {seen.get('PENDING', -1):.1f} s, RUNNING again"
           f" {seen.get('RUNNING', -1):.1f} s, COMPLETED {seen.get('COMPLETED', -1):.1f} s after the signal")
+
+
+# Two groups under the queue schedule, each in a long RandomToken attack (xs and s) that keeps its state every 1.2 s.
+LONG_ATTACK = ["seeds=[0]", "parallel.schedule=queue", "launch.save_every_min=0.02", "parallel.threads_per_rank=1",
+               "attacks=[{name: rt, type: random_token, n_examples: 16, n_iterations: 12000, n_attack_tokens: 5}]"]
+
+
+def test_usr2_inside_an_attack_under_the_queue_saves_requeues_and_resumes(work, partition):
+    ref = run_cli(["run", "tiny.yaml", *LONG_ATTACK, "output=ref.h5", "--quiet"], cwd=work, ranks=2)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    out = work / "att.h5"
+    (job,) = _submit(work, partition, *LONG_ATTACK, "launch.tasks_per_node=2", "output=att.h5")
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    states = [work / "att.h5.ckpt" / run / "round_0000" / "attacks" / "rt.state.h5"
+              for run in ("xs__seed0", "s__seed0")]
+    while not any(p.is_file() for p in states):
+        assert time.monotonic() < deadline, f"no attack kept its state: {job_info(job)}"
+        time.sleep(0.05)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+    info = wait_until_ended([job], JOB_TIMEOUT_S, poll_s=0.5)[job]
+    assert info.state == "COMPLETED" and info.restarts == 1, info
+    assert assert_same(work / "ref.h5", out) > 20
+    logs = [_log(work, job, task).partition("hpcrobust job: attempt 1") for task in (0, 1)]
+    assert "saved the work in progress of 2 group(s) after SIGUSR2: requeueing" in logs[0][0], logs[0][0][-3000:]
+    said = r"\] (\S+) round 0: rt: kept its state \(a save was requested\)"
+    kept = [k for first, _, _ in logs for k in re.findall(said, first)]
+    assert kept, [first[-2000:] for first, _, _ in logs]  # at least one group was inside its attack
+    for run in kept:  # a run that kept its state for USR2 goes on from it, not from the start
+        resumed = [int(k) for _, _, second in logs
+                   for k in re.findall(rf"\] {re.escape(run)} round 0: rt resumed at step (\d+) of", second)]
+        assert len(resumed) == 1 and resumed[0] > 0, (run, [second[-2000:] for _, _, second in logs])
 
 
 def test_plain_scancel_still_cancels(work, partition):
