@@ -24,14 +24,7 @@ from hpcrobust import savepoint
 from hpcrobust.log import log
 from hpcrobust.models.flops import FlopCount
 from hpcrobust.parallel.comm import Comm
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from hpcrobust.store.writer import fsync_path
 
 
 @dataclass
@@ -65,9 +58,9 @@ class StepSaver:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(self.path.name + ".tmp")
             torch.save(state, tmp)
-            _fsync(tmp)
+            fsync_path(tmp)
             os.replace(tmp, self.path)
-            _fsync(self.path.parent)
+            fsync_path(self.path.parent)
         self.group.barrier()
         self._done(scalars)
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hpcrobust.training.resume import StepSaver, _fsync
+from hpcrobust.store.writer import fsync_path
+from hpcrobust.training.resume import StepSaver
 
 SCALARS = "scalars.json"
 
@@ -60,13 +61,13 @@ class ShardedStepSaver(StepSaver):
         if lead:
             (self._tmp / SCALARS).write_text(json.dumps({**scalars, "sched": sched.state_dict()}))
             for f in self._tmp.iterdir():
-                _fsync(f)
-            _fsync(self._tmp)
+                fsync_path(f)
+            fsync_path(self._tmp)
             if self.path.exists():
                 shutil.rmtree(self._old, ignore_errors=True)
                 os.replace(self.path, self._old)
             os.replace(self._tmp, self.path)
-            _fsync(self.path.parent)
+            fsync_path(self.path.parent)
             shutil.rmtree(self._old, ignore_errors=True)
         self.group.barrier()
         self._done(scalars)
