@@ -138,10 +138,12 @@ def test_usr2_after_a_commit_requeues_and_redoes_nothing_committed_or_kept(work,
           f" {seen.get('RUNNING', -1):.1f} s, COMPLETED {seen.get('COMPLETED', -1):.1f} s after the signal")
 
 
-# Two groups of one rank (xs and s), each fine-tuning 128 steps (15-40 s here) and keeping a step every 3 s on its
-# own schedule: the first scheduled save of each run shows from outside that both are training (the minutes before
-# the first step vary too much with the machine's load to aim a signal by the clock alone).
-LONG_TRAIN = ["seeds=[0]", "finetune.epochs=16", "launch.save_every_min=0.05", "parallel.threads_per_rank=1"]
+# Two groups of one rank (xs and s), each fine-tuning 256 steps (12-17 s on an idle 2-core machine) and keeping a
+# step every 0.6 s on its own schedule: the first scheduled save of each run shows from outside that both are
+# training (the minutes before the first step vary too much with the machine's load to aim a signal by the clock
+# alone). The saves come often and the training lasts long so that the ranks' start skew under srun (seconds on a
+# loaded machine) cannot let xs finish before s keeps its first step; CI once saw that with 128 steps and 3 s saves.
+LONG_TRAIN = ["seeds=[0]", "finetune.epochs=32", "launch.save_every_min=0.01", "parallel.threads_per_rank=1"]
 
 
 def test_usr2_inside_training_saves_every_group_requeues_and_resumes_at_the_saved_step(work, partition):
@@ -152,7 +154,8 @@ def test_usr2_inside_training_saves_every_group_requeues_and_resumes_at_the_save
     deadline = time.monotonic() + JOB_TIMEOUT_S
     steps = [work / "mid.h5.ckpt" / run / "round_0000.train" / "steps.pt" for run in ("xs__seed0", "s__seed0")]
     while not all(p.is_file() for p in steps):
-        assert time.monotonic() < deadline, f"the runs never kept a training step: {job_info(job)}"
+        assert time.monotonic() < deadline, (f"the runs never kept a training step at the same time"
+                                             f" ({[p.is_file() for p in steps]}): {job_info(job)}")
         time.sleep(0.05)
     t_signal = time.monotonic()
     subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
@@ -170,12 +173,12 @@ def test_usr2_inside_training_saves_every_group_requeues_and_resumes_at_the_save
     assert "no round committed" not in first0 and "clean accuracy" not in first0  # requeued inside training
     for task, size in ((0, "xs"), (1, "s")):
         first, _, second = _log(work, job, task).partition("hpcrobust job: attempt 1")
-        kept = re.findall(rf"{size}__seed0 finetune: kept step (\d+) of 128 \(a save was requested\)", first)
+        kept = re.findall(rf"{size}__seed0 finetune: kept step (\d+) of 256 \(a save was requested\)", first)
         assert len(kept) == 1, first[-3000:]  # one save for the request
-        resumed = re.findall(rf"{size}__seed0 finetune: training resumed at step (\d+) of 128", second)
+        resumed = re.findall(rf"{size}__seed0 finetune: training resumed at step (\d+) of 256", second)
         # the requeued job goes on from the step saved for USR2, or a later one the group kept on its schedule before
         # the other group had saved: never an older one, so no step before the signal is computed twice
-        assert len(resumed) == 1 and 1 < int(kept[0]) <= int(resumed[0]) < 128, (kept, resumed)
+        assert len(resumed) == 1 and 1 < int(kept[0]) <= int(resumed[0]) < 256, (kept, resumed)
     print(f"\nUSR2 inside training -> requeued (PENDING) {seen.get('PENDING', -1):.1f} s, RUNNING again"
           f" {seen.get('RUNNING', -1):.1f} s, COMPLETED {seen.get('COMPLETED', -1):.1f} s after the signal")
 
