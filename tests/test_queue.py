@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 
 import h5py
-import pytest
 
-from hpcrobust.config import config_from_dict
-from hpcrobust.errors import UserError
-from hpcrobust.sweep.queue import MATRIX, ROUND, TRANSFER, Item, QueuePlan, WorkQueue
+from hpcrobust.sweep.queue import ENSEMBLE, MATRIX, ROUND, TRANSFER, Item, QueuePlan, WorkQueue
 from tests.conftest import run_cli
 from tests.h5compare import assert_same
 
@@ -52,28 +49,47 @@ def test_queue_order_needs_and_claims(tmp_path):
     assert taken == [Item(MATRIX, 0), Item(ROUND, 1, 1), Item(ROUND, 1, 0), Item(ROUND, 2, 0)]
 
 
-def test_queue_refuses_ensemble_attacks():
-    with pytest.raises(UserError, match="parallel.schedule: queue cannot run ensemble attacks"):
-        config_from_dict({}, ["parallel.schedule=queue",
-                              "attacks=[{name: e, type: gcg, ensemble: true}]"])
-    with pytest.raises(UserError, match="parallel.schedule: queue does not feed experiment trackers"):
-        config_from_dict({}, ["parallel.schedule=queue", "tracking.backend=mlflow"])
+def test_an_ensemble_item_waits_for_every_size_of_its_seed(tmp_path):
+    # runs 0 and 1: two sizes of one seed, both in an ensemble in rounds 0 and 1; run 1 is 10x larger
+    plan = QueuePlan(last_round={0: 1, 1: 1}, eligible={0: frozenset({0}), 1: frozenset({1})},
+                     weight={0: 1.0, 1: 10.0}, transfer={}, ensemble={0: [frozenset({0, 1})], 1: [frozenset({0, 1})]})
+    assert plan.needs(Item(ENSEMBLE, 1, 0)) == [Item(ROUND, 1, 0), Item(ROUND, 1, 1)]
+    q = WorkQueue(tmp_path, plan)
+    q.start(0, set())
+    assert q.take(0) == Item(ROUND, 0, 0)
+    q.finish(Item(ROUND, 0, 0))
+    assert q.take(0) == Item(ROUND, 1, 0)  # the small run goes on; the ensemble waits for the large one
+    assert q.take(1) == Item(ROUND, 0, 1)
+    q.finish(Item(ROUND, 0, 1))
+    assert q.take(1) == Item(ENSEMBLE, 0, 0)  # any group may take it, before the large run's next round
+    assert q.take(1) == Item(ROUND, 1, 1)
+    assert q.take(0) is False
+
+
+# the tiny config's two attacks (each in the transfer matrices) and an ensemble GCG over both sizes
+ATTACKS = ["attacks=[{name: rt, type: random_token, n_examples: 6, n_iterations: 40, n_attack_tokens: 5},"
+           " {name: gcg, type: gcg, n_examples: 4, n_iterations: 3, n_attack_tokens: 4, search_width: 24, topk: 32},"
+           " {name: ens, type: gcg, ensemble: true, n_examples: 3, n_iterations: 2, n_attack_tokens: 4,"
+           " search_width: 16, topk: 32}]"]
 
 
 def test_queue_on_two_groups_stores_what_rounds_store(tiny):
     """Two groups take items from the queue; a stop after round 0, then a rerun; the file equals one rank's
-    round-by-round file, transfer matrices included."""
+    round-by-round file, transfer matrices and the ensemble's results (added to committed rounds) included."""
     d = tiny.parent
-    ref = run_cli(["run", str(tiny), "output=rounds.h5", "--quiet", *ADV], cwd=d)
+    ref = run_cli(["run", str(tiny), "output=rounds.h5", "--quiet", *ADV, *ATTACKS], cwd=d)
     assert ref.returncode == 0, ref.stderr
-    stop = run_cli(["run", str(tiny), "output=q.h5", "parallel.schedule=queue", "debug.stop_after_round=0", *ADV],
-                   ranks=2, cwd=d)
+    stop = run_cli(["run", str(tiny), "output=q.h5", "parallel.schedule=queue", "debug.stop_after_round=0", *ADV,
+                    *ATTACKS], ranks=2, cwd=d)
     assert stop.returncode == 3, stop.stderr
     with h5py.File(d / "q.h5") as f:
         assert sorted(f["runs/xs__seed0/rounds"]) == ["0000"] and sorted(f["transfer"]) == ["0000"]
-    rest = run_cli(["run", str(tiny), "output=q.h5", "parallel.schedule=queue", *ADV], ranks=2, cwd=d)
+        assert sorted(f["runs/s__seed0/rounds/0000/attacks"]) == ["ens", "gcg", "rt"]
+    rest = run_cli(["run", str(tiny), "output=q.h5", "parallel.schedule=queue", *ADV, *ATTACKS], ranks=2, cwd=d)
     assert rest.returncode == 0, rest.stderr
     assert "s__seed0 round 2: committed" in rest.stderr and "round 0: transfer matrix" not in rest.stderr
+    assert "round 2: ensemble attacks of seed 0 committed" in rest.stderr
+    assert "round 0: ensemble attacks" not in rest.stderr
     assert assert_same(d / "rounds.h5", d / "q.h5", root_attrs=False) > 40
     with h5py.File(d / "q.h5") as f:
         assert sorted(f["transfer"]) == ["0000", "0001", "0002"]

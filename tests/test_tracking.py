@@ -179,3 +179,32 @@ def test_two_ranks_log_each_round_once(tiny):
     assert sorted(r.data.tags["hpcrobust_run"] for r in runs) == ["xs__seed0", "xs__seed1"]
     for r in runs:
         assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "clean_accuracy")) == [0, 1]
+
+
+def test_queue_logs_every_groups_rounds_once_with_their_ensemble(tiny):
+    """Under parallel.schedule=queue world rank 0 forwards what every group committed, each round once it holds
+    its ensemble attack (added to the round after the round's own commit), across a stop and a resume."""
+    _need("mlflow")
+    ens = ("{name: ens, type: gcg, ensemble: true, n_examples: 2, n_iterations: 2, n_attack_tokens: 3,"
+           " search_width: 8, topk: 16}")
+    sweep = [a for a in SWEEP if not a.startswith(("models=", "attacks="))] + [
+        "models=[builtin:xs, builtin:s]", "parallel.schedule=queue", "tracking.backend=mlflow", "output=q.h5",
+        f"attacks=[{{name: rt, type: random_token, n_examples: 3, n_iterations: 5, n_attack_tokens: 3}}, {ens}]"]
+    first = run_cli(["run", str(tiny), *sweep, "debug.stop_after_round=0"], ranks=2, cwd=tiny.parent)
+    assert first.returncode == 3, first.stderr
+    rest = run_cli(["run", str(tiny), *sweep], ranks=2, cwd=tiny.parent)
+    assert rest.returncode == 0, rest.stderr
+    df = load(tiny.parent / "q.h5")
+    client, runs = _mlflow_runs(f"sqlite:///{tiny.parent / 'mlflow.db'}", "tiny")
+    assert sorted(r.data.tags["hpcrobust_run"] for r in runs) == ["s__seed0", "xs__seed0"]
+    with open_results(tiny.parent / "q.h5") as f:
+        for r in runs:
+            key = r.data.tags["hpcrobust_run"]
+            for metric in ("clean_accuracy", "attack/rt/asr", "attack/ens/asr"):
+                hist = client.get_metric_history(r.info.run_id, metric)
+                assert sorted(m.step for m in hist) == [0, 1], (key, metric)  # every round, once
+            ens_asr = {m.step: m.value for m in client.get_metric_history(r.info.run_id, "attack/ens/asr")}
+            acc = {m.step: m.value for m in client.get_metric_history(r.info.run_id, "clean_accuracy")}
+            for rnd in (0, 1):
+                assert ens_asr[rnd] == f[f"runs/{key}/rounds/{rnd:04d}/attacks/ens/asr"][-1]
+                assert acc[rnd] == df[(df["run"] == key) & (df["round"] == rnd)]["clean_accuracy"].item()

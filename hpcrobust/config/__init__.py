@@ -118,12 +118,6 @@ def _validate(cfg: SweepConfig) -> None:
                         " rank holds the whole model)" if not per_size else "parallel.shard: sharding needs a"
                         " size with 2 or more ranks (models.N.ranks, or parallel.ranks_per_group for sizes without"
                         " it); a group of one rank holds the whole model")
-    if cfg.parallel.schedule == "queue" and any(a.ensemble for a in cfg.attacks):
-        raise UserError("parallel.schedule: queue cannot run ensemble attacks (params.ensemble: every size of a seed"
-                        " at once); use rounds")
-    if cfg.parallel.schedule == "queue" and cfg.tracking.backend != "none":
-        raise UserError("parallel.schedule: queue does not feed experiment trackers (tracking.backend); use rounds,"
-                        " or track from the results file afterwards")
     if cfg.parallel.shard and any(a.ensemble for a in cfg.attacks):
         raise UserError("parallel.shard: ensemble attacks (params.ensemble) are not supported with sharded models")
 

@@ -219,10 +219,16 @@ class Record:
     scalars: dict[str, float] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     parent_attrs: dict[str, dict] = field(default_factory=dict)  # attrs of enclosing groups (run metadata)
+    # amend: add attack arrays to a round committed earlier (an ensemble under the queue schedule, which runs
+    # once every size of its seed has committed the round); the round keeps its attrs, scalars and mark
+    amend: bool = False
 
     def check(self) -> None:
         """Refuse a dataset the schema does not declare (a typo would otherwise make a new column)."""
         parts = self.path.split("/")
+        if self.amend and not (parts[0] == RUNS and len(parts) == 4 and parts[2] == ROUNDS and not self.attrs
+                               and not self.scalars and not self.parent_attrs):
+            raise ValueError(f"record {self.path}: only a round's attack arrays can be added to a committed round")
         if parts[0] == RUNS and len(parts) == 4 and parts[2] == ROUNDS:
             bad = [k for k in self.scalars if k not in ROUND_SCALARS]
             bad += [k for k in self.arrays
@@ -243,7 +249,7 @@ class Record:
     def meta(self) -> dict:
         """Everything but the array contents: what every rank must know to create the layout."""
         return {"path": self.path, "attrs": self.attrs, "scalars": self.scalars,
-                "parent_attrs": self.parent_attrs,
+                "parent_attrs": self.parent_attrs, "amend": self.amend,
                 "arrays": {k: (v.shape, v.dtype.str) for k, v in self.arrays.items()}}
 
 

@@ -118,12 +118,20 @@ def _layout(f: h5py.File, meta: dict, early: bool = False) -> None:
         g = f.require_group(gpath)
         for k, v in attrs.items():
             g.attrs[k] = v
-    if meta["path"] in f:  # a rerun of an uncommitted record: start it afresh
-        del f[meta["path"]]
-    g = f.create_group(meta["path"])
-    for k, v in meta["attrs"].items():
-        g.attrs[k] = v
-    g.attrs[COMMITTED] = 0
+    if meta.get("amend"):  # attack arrays added to a committed round: the round's group and mark stay
+        g = f[meta["path"]]
+        if not g.attrs.get(COMMITTED, 0):
+            raise ValueError(f"{meta['path']}: arrays can only be added to a committed round")
+        for k in meta["arrays"]:
+            if k in g:  # written by an attempt whose queue did not learn it finished: the same values again
+                del g[k]
+    else:
+        if meta["path"] in f:  # a rerun of an uncommitted record: start it afresh
+            del f[meta["path"]]
+        g = f.create_group(meta["path"])
+        for k, v in meta["attrs"].items():
+            g.attrs[k] = v
+        g.attrs[COMMITTED] = 0
     for k, v in sorted(meta["scalars"].items()):
         g.create_dataset(k, data=np.float64(v) if isinstance(v, float) else v)
     for k, (shape, dtype) in sorted(meta["arrays"].items()):

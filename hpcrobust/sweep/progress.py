@@ -33,6 +33,7 @@ import numpy as np
 
 from hpcrobust.attacks.base import AttackResult
 from hpcrobust.attacks.state import AttackSaver
+from hpcrobust.parallel.comm import Comm
 from hpcrobust.store import schema as S
 from hpcrobust.store.schema import attack_arrays, decode_text
 from hpcrobust.store.writer import fsync_path
@@ -117,12 +118,12 @@ def attack_saver(ctx: SweepContext, run: RunSpec, rnd: int, name: str, training:
                        ctx.layout.group, label)
 
 
-def ensemble_saver(ctx: SweepContext, first: RunSpec, rnd: int, name: str) -> AttackSaver:
-    """The saver of an ensemble attack over the sizes of a seed (collective over the world; world rank 0 writes),
+def ensemble_saver(ctx: SweepContext, first: RunSpec, rnd: int, name: str, comm: Comm) -> AttackSaver:
+    """The saver of an ensemble attack over the sizes of a seed (collective over `comm`, whose rank 0 writes),
     kept beside the first member run's attack results. It is removed when the ensemble ends: an ensemble that
     finished in a killed attempt runs again (as transfer does), one cut inside goes on from its last example."""
     path = round_dir(ctx, first, rnd) / ATTACKS_DIR / f"{name}.ensemble.state.h5"
-    return AttackSaver(path, 60.0 * ctx.cfg.launch.save_every_min, ctx.layout.world, f"{first.key} round {rnd}: {name}")
+    return AttackSaver(path, 60.0 * ctx.cfg.launch.save_every_min, comm, f"{first.key} round {rnd}: {name}")
 
 
 def save_attack(ctx: SweepContext, run: RunSpec, rnd: int, res: AttackResult, training: bool = False) -> None:

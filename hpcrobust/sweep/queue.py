@@ -10,9 +10,12 @@ Items:
     transfer  (run, r)     the run's round-r model scores every other run's round-r strings (its column of
                            the transfer matrix); runnable once every run it needs has round r done
     matrix    (r)          assembles and commits round r's transfer matrix; runnable once every column is done
+    ensemble  (run, r)     every ensemble attack of round r over the sizes of one seed (run: the seed's first
+                           member), from their round-r checkpoints; runnable once every member has round r done.
+                           Its results are added to the members' committed rounds (store/schema.py, Record.amend)
 
 A group takes the runnable item it is eligible for (in the per-size layout, only its own size's runs) with
-the most work ahead: matrices and transfer columns first (they are short and finish a round's records),
+the most work ahead: matrices, transfer columns and ensembles first (they finish a round's records),
 then the round of the run with the most parameter-rounds left, so the largest models start first and the
 tail is short. The order changes only who computes what, never a stored value.
 """
@@ -24,10 +27,10 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-ROUND, TRANSFER, MATRIX = "round", "transfer", "matrix"
+ROUND, TRANSFER, MATRIX, ENSEMBLE = "round", "transfer", "matrix", "ensemble"
 QUEUE_FILE = "queue.json"
 
 
@@ -55,6 +58,8 @@ class QueuePlan:
     eligible: dict[int, frozenset[int]]  # run -> the groups that may compute it
     weight: dict[int, float]  # run -> cost of one of its rounds (parameters)
     transfer: dict[int, list[frozenset[int]]]  # round -> per attack, the runs its transfer matrix spans
+    ensemble: dict[int, list[frozenset[int]]] = field(default_factory=dict)  # round -> per seed, the sizes its
+    # ensemble attacks join
 
     def items(self) -> list[Item]:
         out = [Item(ROUND, r, i) for i, last in self.last_round.items() for r in range(last + 1)]
@@ -62,18 +67,26 @@ class QueuePlan:
             targets = sorted(set().union(*spans)) if spans else []
             out += [Item(TRANSFER, rnd, i) for i in targets]
             out += [Item(MATRIX, rnd)] if targets else []
+        for rnd, groups in self.ensemble.items():
+            out += [Item(ENSEMBLE, rnd, min(g)) for g in groups]
         return out
+
+    def members(self, item: Item) -> frozenset[int]:
+        """The runs an ensemble item joins."""
+        return next(g for g in self.ensemble[item.rnd] if min(g) == item.run)
 
     def needs(self, item: Item) -> list[Item]:
         if item.kind == ROUND:
             return [Item(ROUND, item.rnd - 1, item.run)] if item.rnd else []
+        if item.kind == ENSEMBLE:
+            return [Item(ROUND, item.rnd, i) for i in sorted(self.members(item))]
         if item.kind == TRANSFER:
             runs = set().union(*(s for s in self.transfer[item.rnd] if item.run in s))
             return [Item(ROUND, item.rnd, i) for i in sorted(runs)]
         return [Item(TRANSFER, item.rnd, i) for i in sorted(set().union(*self.transfer[item.rnd]))]
 
     def may_take(self, item: Item, group: int) -> bool:
-        return item.kind == MATRIX or group in self.eligible[item.run]
+        return item.kind in (MATRIX, ENSEMBLE) or group in self.eligible[item.run]
 
     def priority(self, item: Item) -> tuple:
         if item.kind != ROUND:

@@ -34,11 +34,18 @@ from hpcrobust.store.results import TRANSFER_KEY
 from hpcrobust.store.schema import Record
 from hpcrobust.store.writer import fsync_path
 from hpcrobust.sweep import checkpoint
-from hpcrobust.sweep.context import SweepContext
+from hpcrobust.sweep.context import RoundState, SweepContext
+from hpcrobust.sweep.plan import RunSpec
 from hpcrobust.sweep.provenance import Attempt
-from hpcrobust.sweep.queue import MATRIX, ROUND, TRANSFER, Item, QueuePlan, WorkQueue
+from hpcrobust.sweep.queue import ENSEMBLE, MATRIX, ROUND, TRANSFER, Item, QueuePlan, WorkQueue
 from hpcrobust.sweep.round import clean_accuracy, record, run_round
-from hpcrobust.sweep.shared import random_token_tables, release_models, transfer_record, transfer_spans
+from hpcrobust.sweep.shared import (
+    ensemble_phase,
+    random_token_tables,
+    release_models,
+    transfer_record,
+    transfer_spans,
+)
 
 POLL_S = (0.05, 2.0)  # first and longest wait between two looks at the queue
 
@@ -59,7 +66,36 @@ def queue_plan(ctx: SweepContext) -> QueuePlan:
                  if all(rnd <= last[r.index] for r in runs)]
         if spans:
             transfer[rnd] = spans
-    return QueuePlan(last, eligible, weight, transfer)
+    ensemble = {}
+    for rnd in range(max(last.values()) + 1):
+        groups = [frozenset(r.index for r in runs) for runs in ensemble_members(ctx, rnd).values()]
+        groups = [g for g in groups if all(rnd <= last[i] for i in g)]
+        if groups:
+            ensemble[rnd] = groups
+    return QueuePlan(last, eligible, weight, transfer, ensemble)
+
+
+def ensemble_members(ctx: SweepContext, rnd: int) -> dict[int, list[RunSpec]]:
+    """{seed: the runs any ensemble attack of round `rnd` joins}, in run order (seeds without one left out)."""
+    active, out = ctx.plan.active(rnd), {}
+    for seed in ctx.cfg.seeds:
+        runs = {r.index: r for a in ctx.cfg.attacks if a.ensemble
+                for r in ctx.plan.evaluated(a, [r for r in active if r.seed == seed], rnd)}
+        if runs:
+            out[seed] = [runs[i] for i in sorted(runs)]
+    return out
+
+
+def _ensemble_done(ctx: SweepContext, rnd: int, runs: list[RunSpec]) -> bool:
+    """Whether an earlier attempt added every ensemble attack's arrays to every member's committed round."""
+    with ctx.results.open() as f:
+        for a in ctx.cfg.attacks:
+            if not a.ensemble:
+                continue
+            for r in ctx.plan.evaluated(a, runs, rnd):
+                if S.attack_path(a.name, S.ASR) not in f.get(S.round_path(r.key, rnd), {}):
+                    return False
+    return True
 
 
 def done_items(ctx: SweepContext, committed: dict[str, set[int]], qp: QueuePlan) -> set[Item]:
@@ -67,6 +103,11 @@ def done_items(ctx: SweepContext, committed: dict[str, set[int]], qp: QueuePlan)
     done = {Item(ROUND, rnd, r.index) for r in ctx.plan.runs for rnd in committed.get(r.key, ())}
     for rnd in committed.get(TRANSFER_KEY, ()):
         done.add(Item(MATRIX, rnd))
+    for rnd, groups in qp.ensemble.items():
+        for g in groups:
+            if all(rnd in committed.get(ctx.plan.runs[i].key, ()) for i in g) and \
+                    _ensemble_done(ctx, rnd, [ctx.plan.runs[i] for i in sorted(g)]):
+                done.add(Item(ENSEMBLE, rnd, min(g)))
     for rnd, spans in qp.transfer.items():
         for i in set().union(*spans):
             if column_file(ctx, rnd, ctx.plan.runs[i].key).is_file() or Item(MATRIX, rnd) in done:
@@ -122,6 +163,7 @@ def drive_queue(ctx: SweepContext) -> None:
         if item is None:
             break
         if item is False:  # nothing runnable for this group yet: sleep together, then look again
+            ctx.hooks.fire("queue_committed", ctx)
             time.sleep(wait)
             wait = min(2 * wait, POLL_S[1])
             continue
@@ -131,18 +173,23 @@ def drive_queue(ctx: SweepContext) -> None:
             ctx.results.commit(lay.group, header, mine)
         if lay.is_group_leader:
             queue.finish(item)
+        ctx.hooks.fire("queue_committed", ctx)
         if item.kind == ROUND:
             n_rounds += 1
             log(f"{plan.runs[item.run].key} round {item.rnd}: committed to {ctx.results.path}",
                 all_ranks=lay.is_group_leader)
         elif item.kind == MATRIX:
             log(f"round {item.rnd}: transfer matrix committed", all_ranks=lay.is_group_leader)
+        elif item.kind == ENSEMBLE:
+            log(f"{plan.runs[item.run].key} round {item.rnd}: ensemble attacks of seed {plan.runs[item.run].seed}"
+                " committed", all_ranks=lay.is_group_leader)
         if bar is not None:
             bar.update(queue.counts()[0] - bar.n)
     if bar is not None:
         bar.close()
     total = sum(lay.world.allgather(n_rounds if lay.is_group_leader else 0))
     ctx.results.commit(lay.world, header, [ctx.attempt.record(total)] if lay.is_root else [])
+    ctx.hooks.fire("queue_committed", ctx)
     if ctx.cfg.debug.stop_after_round >= 0 and any(ctx.plan.n_rounds(r) > ctx.cfg.debug.stop_after_round
                                                    for r in plan.runs):
         raise SystemExit(3)  # every rank: the queue stopped after debug.stop_after_round
@@ -172,6 +219,8 @@ def do_item(ctx: SweepContext, item: Item) -> list[Record]:
     if item.kind == TRANSFER:
         transfer_column(ctx, item)
         return []
+    if item.kind == ENSEMBLE:
+        return ensemble_item(ctx, item)
     counts = {}
     spans = transfer_spans(ctx, item.rnd)
     if lead:
@@ -223,3 +272,24 @@ def transfer_column(ctx: SweepContext, item: Item) -> None:
         os.replace(tmp, path)
         fsync_path(path.parent)
     lay.group.barrier()
+
+
+def ensemble_item(ctx: SweepContext, item: Item) -> list[Record]:
+    """Every ensemble attack of one seed's sizes in round `rnd`, on this group, from the sizes' round-`rnd`
+    checkpoints (its leader holds every size, as world rank 0's group does in the round-by-round driver); the
+    results are added to the members' committed rounds."""
+    lay = ctx.layout
+    runs = next(rs for rs in ensemble_members(ctx, item.rnd).values() if rs[0].index == item.run)
+    labels = np.array([e.label for e in ctx.task.val])
+    held = {}
+    for run in runs:
+        clf = checkpoint.load_model(ctx, run, item.rnd, trained=True)
+        clf.backoff = ctx.backoff(run)
+        pred, _ = clean_accuracy(ctx, clf)
+        held[run.index] = RoundState(run, clf if lay.is_group_leader else None, pred == labels, {})
+        del clf
+    ensemble_phase(ctx, item.rnd, runs, held, lay.group)
+    release_models(held.values())
+    if not lay.is_group_leader:
+        return []
+    return [Record(path=S.round_path(st.run.key, item.rnd), arrays=st.arrays, amend=True) for st in held.values()]

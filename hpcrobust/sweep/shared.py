@@ -30,6 +30,7 @@ from hpcrobust.models.backoff import free_device_memory
 from hpcrobust.models.loading import resolve
 from hpcrobust.models.vocab import cached_tokenizer, vocabulary_digest
 from hpcrobust.parallel.collectives import allgather_records, broadcast_candidates
+from hpcrobust.parallel.comm import Comm
 from hpcrobust.store import schema as S
 from hpcrobust.store.schema import Record, text_array
 from hpcrobust.sweep import progress
@@ -95,14 +96,17 @@ def shared_candidate_arrays(a: AttackConfig, table: np.ndarray | None) -> dict[s
             S.attack_path(a.name, S.CANDIDATES_SHA256): text_array([digest])}
 
 
-def ensemble_phase(ctx: SweepContext, rnd: int, active: list[RunSpec], held: dict[int, RoundState]) -> None:
-    """Every ensemble attack, on every seed's sizes together; results land in the leaders' RoundStates."""
+def ensemble_phase(ctx: SweepContext, rnd: int, active: list[RunSpec], held: dict[int, RoundState],
+                   comm: Comm | None = None) -> None:
+    """Every ensemble attack, on every seed's sizes together; results land in the leaders' RoundStates.
+    Collective over `comm`: the world (round by round), or the one group that took the item (queue)."""
     cfg, layout = ctx.cfg, ctx.layout
+    comm = comm if comm is not None else layout.world
     attacks = [a for a in cfg.attacks if a.ensemble]
     if not attacks:
         return
     lead = layout.is_group_leader
-    correct = allgather_records(layout.world, {i: st.correct for i, st in held.items() if lead})
+    correct = allgather_records(comm, {i: st.correct for i, st in held.items() if lead})
     tok = cached_tokenizer(resolve(cfg.models[0], cfg.family).path, cfg.models[0].trust_remote_code)
     for a in attacks:
         for seed in cfg.seeds:
@@ -111,8 +115,8 @@ def ensemble_phase(ctx: SweepContext, rnd: int, active: list[RunSpec], held: dic
                 continue
             members = [Member(r.index, r.key, held[r.index].clf if (lead and r.index in held) else None,
                               correct[r.index]) for r in runs]
-            saver = progress.ensemble_saver(ctx, min(runs, key=lambda r: r.index), rnd, a.name)
-            out = run_ensemble_gcg(a, members, layout.world, seed, rnd, ctx.eval_set, tok, saver)
+            saver = progress.ensemble_saver(ctx, min(runs, key=lambda r: r.index), rnd, a.name, comm)
+            out = run_ensemble_gcg(a, members, comm, seed, rnd, ctx.eval_set, tok, saver)
             saver.clear()
             for i, res in out.items():
                 if i in held:

@@ -1,7 +1,8 @@
 """Experiment trackers (wandb, MLflow): optional, off by default, fed from the sweep's hooks.
 
     check(cfg.tracking)                  before any work: the backend's extra is importable (one-line error)
-    tracker = attach(hooks, ...)         round_committed: log the round; sweep_finished: finish the runs
+    tracker = attach(hooks, ...)         round_committed: log the round (queue_committed under the queue
+                                         schedule: the rounds committed since); sweep_finished: finish the runs
     tracker.connect()                    on the writer rank, with the checks: open the tracker's store
     tracker.close()                      whatever ended the sweep (a stop, an error): end the tracker runs
 
@@ -20,9 +21,10 @@ from typing import Any
 
 from hpcrobust.errors import UserError
 from hpcrobust.log import log
+from hpcrobust.store.results import TRANSFER_KEY
 from hpcrobust.tracking.backends import MlflowBackend, RunInfo, WandbBackend
 from hpcrobust.tracking.config import BACKENDS, TrackingConfig
-from hpcrobust.tracking.records import committed_in_round, tracker_run_id
+from hpcrobust.tracking.records import committed_in_round, read_rounds, tracker_run_id
 
 __all__ = ["BACKENDS", "Tracker", "TrackingConfig", "attach", "check"]
 
@@ -52,6 +54,7 @@ class Tracker:
         self.folder = output.parent
         self.backend: Any = None
         self.config: dict | None = None
+        self.logged: set[tuple[str, int]] = set()  # (run, round) forwarded to the tracker
 
     def _make(self):
         if self.cfg.backend == "wandb":
@@ -67,19 +70,42 @@ class Tracker:
         self.backend = backend
         log(f"tracking: {self.cfg.backend} project '{self.project}'")
 
+    def sweep_started(self, ctx) -> None:
+        """The rounds already in the file were logged by the attempts that committed them."""
+        if self.backend is not None:
+            self.logged = {(run, r) for run, rs in ctx.results.committed_rounds().items() if run != TRANSFER_KEY
+                           for r in rs}
+
     def round_committed(self, ctx, rnd: int, n: int) -> None:
+        self._forward(ctx, f"round {rnd}", lambda: committed_in_round(ctx.results, rnd))
+
+    def queue_committed(self, ctx) -> None:
+        """Under parallel.schedule=queue: every round any group committed since the last look, once it holds
+        every attack the sweep evaluates there (an ensemble is added to a committed round later)."""
+        def fetch():
+            new = sorted(((run, r) for run, rs in ctx.results.committed_rounds().items() if run != TRANSFER_KEY
+                          for r in rs if (run, r) not in self.logged), key=lambda p: (p[1], p[0]))
+            sh, recs = read_rounds(ctx.results, new)
+            specs = {r.key: r for r in ctx.plan.runs}
+            return sh, [rec for rec in recs if rec.run in specs and {a.name for a in ctx.cfg.attacks
+                                                                    if ctx.plan.evaluates(a, specs[rec.run], rec.round)}
+                        <= set(rec.attacks)]
+        self._forward(ctx, "the queue", fetch)
+
+    def _forward(self, ctx, where: str, fetch) -> None:
         if self.backend is None:
             return
         try:
-            science_hash, records = committed_in_round(ctx.results, rnd)
+            science_hash, records = fetch()
             if self.config is None:  # the file's config, less where the tracker itself lives
                 self.config = {k: v for k, v in ctx.results.stored_config().items() if k != "tracking"}
             for rec in records:
                 info = RunInfo(rec.run, tracker_run_id(science_hash, ctx.results.path, rec.run),
                                f"{self.prefix}/{rec.run}", self.experiment)
                 self.backend.log(info, rec, self.config)
+                self.logged.add((rec.run, rec.round))
         except Exception as exc:  # noqa: BLE001 - a tracker outage must not end a sweep; the file has it all
-            log(f"tracking: {self.cfg.backend} failed in round {rnd} ({type(exc).__name__}: {exc}); tracking is"
+            log(f"tracking: {self.cfg.backend} failed in {where} ({type(exc).__name__}: {exc}); tracking is"
                 f" off for the rest of this sweep, the results file is complete")
             self._end(ok=False)
 
@@ -104,6 +130,8 @@ def attach(hooks, cfg: TrackingConfig, experiment: str, output: str | Path) -> T
     if cfg.backend == "none":
         return None
     tracker = Tracker(cfg, experiment, Path(output).expanduser().absolute())
+    hooks.on("sweep_started", tracker.sweep_started, first=True)
     hooks.on("round_committed", tracker.round_committed, first=True)
+    hooks.on("queue_committed", tracker.queue_committed, first=True)
     hooks.on("sweep_finished", tracker.sweep_finished)
     return tracker

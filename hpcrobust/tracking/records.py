@@ -73,6 +73,13 @@ def read_round(f: h5py.File, run: str, rnd: int) -> RoundRecord | None:
 def committed_in_round(results: ResultsFile, rnd: int) -> tuple[str, list[RoundRecord]]:
     """(science hash, the records of every run with round `rnd` committed)."""
     with results.open() as f:
+        runs = list(f.get(S.RUNS, {}))
+    return read_rounds(results, [(run, rnd) for run in runs])
+
+
+def read_rounds(results: ResultsFile, pairs: list[tuple[str, int]]) -> tuple[str, list[RoundRecord]]:
+    """(science hash, the committed ones of the (run, round) pairs, in the order given)."""
+    with results.open() as f:
         sh = str(f.attrs.get("science_hash", ""))
-        recs = [read_round(f, run, rnd) for run in f.get(S.RUNS, {})]
+        recs = [read_round(f, run, rnd) for run, rnd in pairs]
     return sh, [r for r in recs if r is not None]
