@@ -246,7 +246,7 @@ def test_models_are_freed_once_no_phase_of_the_round_needs_them(tiny, monkeypatc
     hooks = Hooks()
     hooks.on("runs_done", count("runs_done"))
     hooks.on("commit_step", count("commit"))
-    base = [f"output={tiny.parent / 'a.h5'}", "seeds=[0]", "parallel.threads_per_rank=1"]
+    base = [f"output={tiny.parent / 'a.h5'}", "seeds=[0]", "parallel.threads_per_rank=1", "parallel.schedule=rounds"]
     # With attacks, the transfer phase needs both models: they stay until it is done, then go before the commit.
     assert run_config(load_config(tiny, base), quiet=True, hooks=hooks) == 0
     assert seen["runs_done"] == [2] and set(seen["commit"]) == {0}
@@ -254,7 +254,7 @@ def test_models_are_freed_once_no_phase_of_the_round_needs_them(tiny, monkeypatc
     alive.clear()
     seen.clear()
     cfg = load_config(tiny, [f"output={tiny.parent / 'b.h5'}", "seeds=[0]", "parallel.threads_per_rank=1",
-                             "attacks=[]"])
+                             "parallel.schedule=rounds", "attacks=[]"])
     assert run_config(cfg, quiet=True, hooks=hooks) == 0
     assert seen["runs_done"] == [0] and set(seen["commit"]) == {0}
     with h5py.File(tiny.parent / "b.h5") as f:

@@ -18,6 +18,6 @@ class ParallelConfig:
     shard: bool = setting(False, doc="shard each run's model across its group's ranks with PyTorch FSDP (needs"
                                      " ranks_per_group > 1, or per size models.N.ranks > 1; NCCL on GPUs, gloo on"
                                      " CPU)")
-    schedule: str = setting("rounds", choices=("rounds", "queue"), doc="rounds: every run's round r, then all"
-                            " commit together (a barrier); queue: each group takes the next runnable (run, round),"
-                            " largest model first, and commits it alone (not with ensemble attacks)")
+    schedule: str = setting("queue", choices=("queue", "rounds"), doc="queue: each group takes the next runnable"
+                            " (run, round), largest model first, and commits it alone as soon as it is done; rounds:"
+                            " every run's round r, then all ranks commit round r together (a barrier)")

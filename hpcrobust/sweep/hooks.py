@@ -13,12 +13,13 @@ callback may itself take part in a collective, or raise to stop every rank toget
     queue_committed(ctx)            parallel.schedule=queue only (see below): something was committed
     sweep_finished(ctx)             every round of every run is committed
 
-Under parallel.schedule=queue (sweep/queue_driver.py) groups meet only at the start and the end: there
-`round_started` fires on one group's ranks before each round it takes; `queue_committed` fires on one group's
-ranks after each item it commits and while it waits for work, and on every rank after the last commit (what
-other groups committed in between is in the file); `runs_done`, `commit_step` and `round_committed` do not fire
-(on a safe stop each group stops taking items and counts as saved once its current item is committed or its
-savers have kept their state; debug.stop_after_round caps the queue instead).
+Under parallel.schedule=queue (the default; sweep/queue_driver.py) groups meet only at the start and the end:
+there `round_started` and `runs_done` fire on one group's ranks before and after each run's round it takes,
+`commit_step` on the ranks that write each item it commits, `queue_committed` on one group's ranks after each
+item it commits and while it waits for work, and on every rank after the last commit (what other groups
+committed in between is in the file); `round_committed` does not fire (on a safe stop each group stops taking
+items and counts as saved once its current item is committed or its savers have kept their state;
+debug.stop_after_round caps the queue instead).
 
 The SLURM safe stop (launch/safestop.py), the test switches (sweep/debug.py) and the experiment
 trackers (tracking/) attach here. Callbacks run in the order they were attached; an observer that must see

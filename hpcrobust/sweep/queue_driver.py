@@ -169,8 +169,11 @@ def drive_queue(ctx: SweepContext) -> None:
             continue
         wait = POLL_S[0]
         mine = do_item(ctx, item)
+        if item.kind == ROUND:
+            ctx.hooks.fire("runs_done", ctx, item.rnd)
         with commit_lock(ctx):
-            ctx.results.commit(lay.group, header, mine)
+            ctx.results.commit(lay.group, header, mine,
+                               on_step=lambda step, r=item.rnd: ctx.hooks.fire("commit_step", ctx, r, step))
         if lay.is_group_leader:
             queue.finish(item)
         ctx.hooks.fire("queue_committed", ctx)
