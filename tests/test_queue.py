@@ -110,3 +110,24 @@ def test_status_marks_the_claimed_rounds_running(tmp_path):
     runs[0].rounds[0] = {}
     assert _cells(runs[0], "running", claims["xs__seed0"])[1:] == [RUNNING, WAITING]
     assert _cells(runs[1], "running", claims["s__seed0"]) == [RUNNING, WAITING, WAITING]
+
+
+def test_the_plan_simulates_the_queue_against_the_barrier():
+    from hpcrobust.planner.schedule import barrier_schedule, queue_schedule
+
+    # a large run (10 s a round) and two small ones (1 s), 3 rounds each, on 2 groups; dealt round-robin in run
+    # order, the barrier makes every round wait for the group with the large run and a small one
+    runs = ["S1", "S2", "L"]
+    last = dict.fromkeys(runs, 2)
+    secs = {"S1": [1.0] * 3, "S2": [1.0] * 3, "L": [10.0] * 3}
+    barrier = barrier_schedule([["S1", "L"], ["S2"]], last, secs)
+    assert barrier.wall_s == 33.0 and barrier.round_s == [11.0] * 3
+    queue = queue_schedule(runs, dict.fromkeys(runs, [0, 1]), 2, last, secs, {"S1": 1.0, "S2": 1.0, "L": 10.0})
+    assert queue.wall_s == 30.0 and queue.round_s == [10.0] * 3  # the large run never waits
+    assert queue.runs_by_group == [["L"], ["S1", "S2"]]
+    # a run's round waits for its previous round, even with a group free
+    one = queue_schedule(["L"], {"L": [0, 1]}, 2, {"L": 2}, {"L": [10.0] * 3}, {"L": 1.0})
+    assert one.wall_s == 30.0 and one.runs_by_group == [["L"], []]
+    # per size: a run only goes to its own groups
+    only = queue_schedule(runs, {"S1": [1], "S2": [1], "L": [0]}, 2, last, secs, {"S1": 1.0, "S2": 1.0, "L": 10.0})
+    assert only.runs_by_group == [["L"], ["S1", "S2"]] and only.wall_s == 30.0

@@ -1,9 +1,10 @@
 """The per-size layout: each model size with its own group size and number of groups (models.N.ranks/.groups).
 
-Without either key every size shares parallel.ranks_per_group and the world is cut into equal groups, run i
-going to group i mod n_groups. With one of them on any size, the world is cut in model order: size s gets
-groups_s groups of ranks_s consecutive ranks (after size s-1's), and its runs go round-robin to its own groups
-only, so a small size does not hold as many ranks as a large one. The world must then be exactly the sum.
+Without either key every size shares parallel.ranks_per_group and the world is cut into equal groups (under
+parallel.schedule=rounds run i goes to group i mod n_groups; under queue any group takes any run). With one of
+them on any size, the world is cut in model order: size s gets groups_s groups of ranks_s consecutive ranks
+(after size s-1's), and its runs go to its own groups only (round-robin under rounds, whichever is free under
+queue), so a small size does not hold as many ranks as a large one. The world must then be exactly the sum.
 Only who computes a run changes; a run's numbers do not (invariant 1).
 """
 

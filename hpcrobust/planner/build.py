@@ -36,6 +36,7 @@ from hpcrobust.planner.costs import FORWARD, TRAIN, CostModel, Phase, RunPlan, t
 from hpcrobust.planner.devices import DEFAULT_UTILISATION, Device
 from hpcrobust.planner.memory import plan_memory
 from hpcrobust.planner.result import JobPlan, Plan, SizePlan
+from hpcrobust.planner.schedule import barrier_schedule, queue_schedule
 from hpcrobust.planner.tokens import task_tokens
 from hpcrobust.sweep.checks import check_counts
 from hpcrobust.sweep.plan import RunSpec, plan_runs
@@ -175,7 +176,7 @@ def _plan_sweep(cfg: SweepConfig, overrides: list[str], opts: Options, device: D
             accuracy=accuracy[archs[mi].label][0], ranks=group_size[mi],
             sharded=cfg.parallel.shard and group_size[mi] > 1))
     startup = opts.calibration.startup_s if opts.calibration else 0.0
-    jobs = plan_jobs(cfg, overrides, n_rounds, run_round_s, device, startup)
+    jobs = plan_jobs(cfg, overrides, n_rounds, run_round_s, device, [float(a.n_params) for a in archs], startup)
     how = (f"calibrated from {opts.calibration.source}" if opts.calibration else
            f"{opts.utilisation:g} of peak for every kind of work (default; --utilisation U, or --calibrate FILE)")
     if timer.missing:
@@ -192,7 +193,9 @@ def _plan_sweep(cfg: SweepConfig, overrides: list[str], opts: Options, device: D
 
 
 def plan_jobs(cfg: SweepConfig, overrides: list[str], n_rounds: list[int], run_round_s: dict[str, list[float]],
-              device: Device, startup_s: float = 0.0) -> list[JobPlan]:
+              device: Device, weights: list[float], startup_s: float = 0.0) -> list[JobPlan]:
+    """Each job's layout and wall time under parallel.schedule (planner/schedule.py); `weights`: each model's
+    parameters, the queue's order."""
     launch, g = cfg.launch, cfg.parallel.ranks_per_group
     tasks = plan_tasks(cfg, quote_times(overrides))
     nodes = job_nodes(cfg.models, g, [len(t.seeds) for t in tasks], launch.nodes, launch.tasks_per_node)
@@ -213,21 +216,27 @@ def plan_jobs(cfg: SweepConfig, overrides: list[str], n_rounds: list[int], run_r
         else:
             members, owners = equal_groups(ranks, g, len(runs))
             shape = f"{len(members)} group(s) of {g}"
-        by_group: list[list[RunSpec]] = [[] for _ in members]
+        by_group: list[list[str]] = [[] for _ in members]
         for i, r in enumerate(runs):
-            by_group[owners[i]].append(r)
-        last = max(n_rounds[r.model_index] for r in runs)
-        round_s = []
-        for k in range(last + 1):
-            loads = [sum(run_round_s[r.key][k] for r in grp if k <= n_rounds[r.model_index]) for grp in by_group]
-            round_s.append(max(loads))
-        round_s[0] += startup_s  # the process's start-up, measured by calibration
-        wall = sum(round_s)
-        busy = sum(sum(run_round_s[r.key]) * len(members[gi]) for gi, grp in enumerate(by_group) for r in grp)
+            by_group[owners[i]].append(r.key)
+        last = {r.key: n_rounds[r.model_index] for r in runs}
+        if cfg.parallel.schedule == "queue":
+            sizes_groups = {r.model_index: sorted({owners[j] for j, o in enumerate(runs)
+                                                   if o.model_index == r.model_index}) for r in runs}
+            eligible = {r.key: sizes_groups[r.model_index] if per_size else list(range(len(members))) for r in runs}
+            sched = queue_schedule([r.key for r in runs], eligible, len(members), last, run_round_s,
+                                   {r.key: weights[r.model_index] for r in runs})
+        else:
+            sched = barrier_schedule(by_group, last, run_round_s)
+        wall = sched.wall_s + startup_s  # the process's start-up, measured by calibration
+        sched.round_s[0] += startup_s
+        size_of = {r.key: len(members[owners[i]]) for i, r in enumerate(runs)}
+        busy = sum(sum(run_round_s[r.key]) * size_of[r.key] for r in runs)
         per = gpus if device.gpu and gpus else ranks
         jobs.append(JobPlan(t.label or "job", seeds, str(t.output), ranks, len(members), gpus,
-                            [[r.key for r in grp] for grp in by_group], round_s, wall, wall * per / 3600,
-                            busy / 3600, nodes, shape, [len(m) for m in members]))
+                            sched.runs_by_group, sched.round_s, wall, wall * per / 3600,
+                            busy / 3600, nodes, shape, [len(m) for m in members], cfg.parallel.schedule,
+                            sched.items_by_group, sched.busy_by_group))
     return jobs
 
 

@@ -93,7 +93,8 @@ def time_warnings(cfg: SweepConfig, plan: Plan) -> tuple[list[str], list[str]]:
                        f" {cfg.launch.save_every_min:g} min old, or saved on USR2), {count}; fixes: {more}, a"
                        f" longer launch.timeout_min, or fewer attacked examples or iterations per round")
         elif j.wall_s > usable:
-            need = segments(j.round_s, usable) - 1
+            # queue: every run's round is committed on its own and a cut one goes on from what it kept
+            need = segments(j.round_s, usable) - 1 if j.schedule == "rounds" else math.ceil(j.wall_s / usable) - 1
             if need <= plan.max_requeues:
                 notes.append(f"the job{name} runs past the time limit: about {need} requeue(s)"
                              f" (launch.max_requeues {plan.max_requeues}), each going on from what the round it cut"

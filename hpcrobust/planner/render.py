@@ -119,11 +119,16 @@ def markdown(plan: Plan, cal: Calibration | None = None) -> str:
     for j in plan.jobs:
         name = "one job" if j.label == "job" else f"job {j.label}"
         lines.append(f"- {name}: seeds {j.seeds} -> {_relative(j.output)}; {j.ranks} rank(s), {j.gpus} GPU(s),"
-                     f" {j.shape}; wall {duration(j.wall_s)} (slowest round"
-                     f" {duration(max(j.round_s))}), {j.device_hours:.1f} {unit} allocated,"
-                     f" {j.busy_hours:.1f} busy")
+                     f" {j.shape}; parallel.schedule {j.schedule}; wall {duration(j.wall_s)} (slowest"
+                     f" {'round' if j.schedule == 'rounds' else 'run round'} {duration(max(j.round_s))}),"
+                     f" {j.device_hours:.1f} {unit} allocated, {j.busy_hours:.1f} busy")
         for gi, grp in enumerate(j.runs_by_group):
-            lines.append(f"  - group {gi}: {', '.join(grp) or '(idle)'}")
+            if j.schedule == "queue":  # runs move between groups: what the work queue would give each one
+                lines.append(f"  - group {gi}: " + (f"{j.group_items[gi]} run round(s) of {len(grp)} run(s), busy"
+                                                    f" {duration(j.group_busy_s[gi])}, first {grp[0]}" if grp
+                                                    else "(idle)"))
+            else:
+                lines.append(f"  - group {gi}: {', '.join(grp) or '(idle)'}")
     startup = f"; start-up {duration(plan.startup_s)} per job (calibrated)" if plan.startup_s else ""
     lines += [f"- time limit {duration(plan.time_limit_s)}, launch.max_requeues {plan.max_requeues}{startup}", ""]
     if plan.warnings:

@@ -46,13 +46,16 @@ class JobPlan:
     groups: int
     gpus: int
     runs_by_group: list[list[str]]
-    round_s: list[float]  # each round, the busiest group
+    round_s: list[float]  # each round: the busiest group (rounds schedule) or the longest run's round (queue)
     wall_s: float
     device_hours: float  # allocated: wall x GPUs (x ranks on CPU)
     busy_hours: float  # the runs' own time x the ranks of their group
     nodes: int = 1
     shape: str = ""  # how its ranks are grouped: `8 group(s) of 1`, or each size's groups (per-size layout)
     group_ranks: list[int] = field(default_factory=list)  # ranks of each group
+    schedule: str = "queue"  # parallel.schedule: queue (per-run commits, no barrier) or rounds
+    group_items: list[int] = field(default_factory=list)  # queue: run rounds each group computes (simulated)
+    group_busy_s: list[float] = field(default_factory=list)  # queue: seconds each group computes (simulated)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The sweep loop: every run through every round, committed round by round.
+"""The sweep loop of parallel.schedule=rounds: every run through every round, committed round by round (the
+default schedule, queue, is sweep/queue_driver.py).
 
 Rounds are the outer loop. In round r every group works through its runs (sweep/round.py), the
 ranks of different runs meet for the shared phases (sweep/shared.py), then all ranks commit round r
