@@ -76,6 +76,27 @@ def main() -> None:
     print(f"sizes {' and '.join(args.sizes)}, {args.seeds} seeds, {args.rounds} adversarial rounds, 2 groups of 1 rank")
     print(f"rounds / queue wall time: {times['rounds'] / times['queue']:.2f}x  (files equal: {n} datasets and"
           " attributes compared)")
+    predicted(out / "rounds.h5")
+
+
+def predicted(path: Path) -> None:
+    """What the plan's schedules (planner/schedule.py) make of the run rounds' recorded seconds: the ratio a
+    perfect barrier and a perfect queue would give with these per-round times (transfer and commits left out)."""
+    from hpcrobust.planner.schedule import barrier_schedule, queue_schedule
+    from hpcrobust.store.reader import load
+
+    df = load(path).sort_values(["run_index", "round"])
+    runs = list(dict.fromkeys(df["run"]))
+    secs = {r: df[df["run"] == r]["wall_time"].tolist() for r in runs}
+    last = {r: len(secs[r]) - 1 for r in runs}
+    weight = {r: float(df[df["run"] == r]["n_params"].iloc[0]) for r in runs}
+    deal = [[r for i, r in enumerate(runs) if i % 2 == g] for g in range(2)]  # the rounds schedule's deal
+    barrier = barrier_schedule(deal, last, secs).wall_s
+    queue = queue_schedule(runs, dict.fromkeys(runs, [0, 1]), 2, last, secs, weight).wall_s
+    per_size = df.groupby("model_label")["wall_time"].mean()
+    print("mean seconds of a run round: " + ", ".join(f"{k} {v:.1f}" for k, v in per_size.items())
+          + f" ({per_size.max() / per_size.min():.1f}x apart)")
+    print(f"predicted from those seconds: rounds {barrier:.1f} s, queue {queue:.1f} s, {barrier / queue:.2f}x")
 
 
 if __name__ == "__main__":

@@ -180,6 +180,20 @@ def test_warnings_name_the_fix(tmp_path):
     assert len(idle["jobs"]) == len(load_config(pythia).seeds) and any("get no run" in w for w in idle["warnings"])
 
 
+def test_the_queue_plan_is_shorter_and_warns_about_one_rank_holding_an_ensemble(tmp_path):
+    """The paper's Pythia sweep on 8 H100s: the queue's simulated wall is below the barrier's and keeps every GPU
+    busy; with an ensemble the queue holds every size of a seed on one rank, which does not fit."""
+    pythia = ROOT / "configs" / "paper_pythia.yaml"
+    plans = {s: json.loads(run_cli(["plan", str(pythia), "--json", "--gpu", "h100", "attacks.0.ensemble=true",
+                                    f"parallel.schedule={s}"], cwd=tmp_path).stdout) for s in ("queue", "rounds")}
+    queue, rounds = plans["queue"]["jobs"][0], plans["rounds"]["jobs"][0]
+    assert queue["wall_s"] < 0.8 * rounds["wall_s"] and queue["busy_hours"] == pytest.approx(rounds["busy_hours"])
+    assert queue["device_hours"] == pytest.approx(queue["busy_hours"], rel=0.01)
+    held = [w for w in plans["queue"]["warnings"] if "one rank holds every size of a seed" in w]
+    assert len(held) == 1 and "parallel.schedule=rounds" in held[0]
+    assert not any("one rank holds" in w for w in plans["rounds"]["warnings"])
+
+
 @pytest.mark.parametrize("override", [
     ["finetune.lrr=1"], ["finetune.epochs=abc"], ["task.name=spam", "task.path=nowhere.jsonl"],
     ["models.0.name_or_path=./no/such/model"], ["attacks.1.topk=100000"], ["attacks.0.type=nosuch"],

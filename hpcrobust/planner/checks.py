@@ -31,6 +31,15 @@ def duration(seconds: float) -> str:
 def memory_warnings(cfg: SweepConfig, plan: Plan) -> list[str]:
     out = []
     usable = plan.device.usable_bytes()
+    ens = [a.name for a in cfg.attacks if a.ensemble]
+    if ens and cfg.parallel.schedule == "queue" and usable and len(plan.sizes) > 1:
+        # the queue's ensemble item loads every size of a seed on one group (sweep/queue_driver.py)
+        held = (sum(s.memory.weights for s in plan.sizes)
+                + max(s.memory.scoring_peak - s.memory.weights for s in plan.sizes))
+        if held > usable:
+            out.append(f"ensemble {', '.join(ens)} under parallel.schedule queue: one rank holds every size of a seed"
+                       f" at once ({gib(held)} with the largest scoring), {plan.device.name} has {gib(usable)}"
+                       f" usable; fix: parallel.schedule=rounds (each group holds only its own runs' models)")
     for s in plan.sizes:
         if s.fits is not False:
             continue
