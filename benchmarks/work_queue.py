@@ -2,12 +2,16 @@
 and parallel.schedule=queue (groups take the next runnable (run, round), largest first, and commit alone),
 side by side in one run, on 2 groups of 1 rank:
 
-    python benchmarks/work_queue.py [--sizes s l] [--seeds 3] [--rounds 2] [--out DIR]
+    python benchmarks/work_queue.py [--sizes s l] [--seeds 1] [--rounds 10] [--no-equal-compute] [--out DIR]
 
 The two built-in sizes are about 10x apart in parameters (s: 0.12M, l: 1.6M with the test family's
-vocabulary). With 3 seeds the round-robin deal gives one group two large runs per round and the other one;
-the queue lets the group that finishes first take the next runnable item. Prints each schedule's wall time,
-their ratio, and checks that both files hold the same values.
+vocabulary). By default the rounds per size are the paper's equal-compute ones (advtrain.equal_compute: the
+small size gets `--rounds` adversarial rounds, the large one about 1/13 of them), so under the barrier the
+group with the small run waits for the large one in the first rounds and the other group idles in the rest;
+the queue lets each go at its own pace. `--no-equal-compute --seeds 3 --rounds 2` is the other case: every size
+the same rounds, 3 seeds dealt round-robin (one group gets two large runs per round). Prints each schedule's
+wall time, their ratio, what the plan's schedules predict from the recorded run-round seconds, and checks that
+both files hold the same values.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ attacks:
   - {{name: gcg, type: gcg, n_examples: 8, n_iterations: 8, n_attack_tokens: 4, search_width: 32, topk: 32}}
 train_attacks: [{{name: rt_train, type: random_token, n_attack_tokens: 5}}]
 advtrain: {{rounds: {rounds}, attack: rt_train, n_new_examples: 12, max_examples: 48, iterations_start: 4,
-           iterations_end: 12, lr: 1.0e-3}}
+           iterations_end: 12, lr: 1.0e-3, equal_compute: {equal}}}
 """
 
 
@@ -52,14 +56,15 @@ def run(cmd: list[str], cwd: Path, env: dict) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", nargs=2, default=["s", "l"])
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--no-equal-compute", dest="equal", action="store_false")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="work_queue_"))
     out.mkdir(parents=True, exist_ok=True)
     cfg = out / "bench.yaml"
-    cfg.write_text(CONFIG.format(seeds=list(range(args.seeds)), rounds=args.rounds,
+    cfg.write_text(CONFIG.format(seeds=list(range(args.seeds)), rounds=args.rounds, equal=str(args.equal).lower(),
                                  models=", ".join(f"builtin:{s}" for s in args.sizes)))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     env.setdefault("HPCROBUST_CACHE", str(out / "cache"))
@@ -73,7 +78,9 @@ def main() -> None:
                               out, env)
         print(f"{schedule:>6}: {times[schedule]:7.1f} s", flush=True)
     n = assert_same(out / "rounds.h5", out / "queue.h5", root_attrs=False)
-    print(f"sizes {' and '.join(args.sizes)}, {args.seeds} seeds, {args.rounds} adversarial rounds, 2 groups of 1 rank")
+    per = "equal-compute rounds per size from" if args.equal else "every size"
+    print(f"sizes {' and '.join(args.sizes)}, {args.seeds} seed(s), {per} {args.rounds} adversarial rounds, 2 groups"
+          " of 1 rank")
     print(f"rounds / queue wall time: {times['rounds'] / times['queue']:.2f}x  (files equal: {n} datasets and"
           " attributes compared)")
     predicted(out / "rounds.h5")
