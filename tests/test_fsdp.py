@@ -154,6 +154,8 @@ def test_two_sharded_groups_of_two_ranks_match_one_rank(tiny):
     four = run_cli(["run", "g.yaml", "output=four.h5", "--quiet", "parallel.ranks_per_group=2", "parallel.shard=true"],
                    ranks=4, cwd=d)
     assert four.returncode == 0, four.stderr[-3000:]
+    for run in ("xs__seed0", "s__seed0"):  # each group's leader saves its checkpoint (world rank 2 included)
+        assert list((d / "four.h5.ckpt" / run / "round_0000").glob("*.safetensors")), run
     with h5py.File(d / "one.h5") as f1, h5py.File(d / "four.h5") as f4:
         for run in ("xs__seed0", "s__seed0"):
             r1, r4 = f1[f"runs/{run}/rounds/0000"], f4[f"runs/{run}/rounds/0000"]

@@ -154,7 +154,14 @@ def save_classifier(clf: Classifier, out: Path, weights: dict[str, torch.Tensor]
     replaces the model's own state dict (a sharded model's, gathered)."""
     _quiet_transformers()
     out.mkdir(parents=True, exist_ok=True)
-    clf.model.save_pretrained(out, safe_serialization=True, state_dict=weights)
+    model = clf.model
+    # transformers 5 writes the weights only on torch.distributed's global rank 0; here the caller (a group's
+    # leader, any world rank) is the one that saves, so that check is lifted for this call
+    model.should_save_on_this_rank = lambda is_main_process: is_main_process
+    try:
+        model.save_pretrained(out, safe_serialization=True, state_dict=weights)
+    finally:
+        del model.should_save_on_this_rank
     clf.tokenizer.save_pretrained(out)
     (out / META_FILE).write_text(json.dumps({**clf.pretraining.to_json(), "source": clf.name}))
 
