@@ -155,7 +155,7 @@ def drive_queue(ctx: SweepContext) -> None:
 
         n_done, n_all = queue.counts()
         bar = tqdm(total=n_all, initial=n_done, desc="sweep", unit="round", dynamic_ncols=True)
-    n_rounds, wait = 0, POLL_S[0]
+    n_rounds, n_items, wait = 0, 0, POLL_S[0]
     while True:
         if lay.group.bcast(savepoint.requested() if lay.is_group_leader else None):
             stop_taking_work(ctx)
@@ -176,6 +176,7 @@ def drive_queue(ctx: SweepContext) -> None:
                                on_step=lambda step, r=item.rnd: ctx.hooks.fire("commit_step", ctx, r, step))
         if lay.is_group_leader:
             queue.finish(item)
+        n_items += 1
         ctx.hooks.fire("queue_committed", ctx)
         if item.kind == ROUND:
             n_rounds += 1
@@ -190,8 +191,10 @@ def drive_queue(ctx: SweepContext) -> None:
             bar.update(queue.counts()[0] - bar.n)
     if bar is not None:
         bar.close()
-    total = sum(lay.world.allgather(n_rounds if lay.is_group_leader else 0))
-    ctx.results.commit(lay.world, header, [ctx.attempt.record(total)] if lay.is_root else [])
+    total, worked = (sum(x) for x in zip(*lay.world.allgather((n_rounds, n_items) if lay.is_group_leader
+                                                               else (0, 0)), strict=True))
+    if worked:  # a rerun of a finished sweep leaves the file as it was
+        ctx.results.commit(lay.world, header, [ctx.attempt.record(total)] if lay.is_root else [])
     ctx.hooks.fire("queue_committed", ctx)
     if ctx.cfg.debug.stop_after_round >= 0 and any(ctx.plan.n_rounds(r) > ctx.cfg.debug.stop_after_round
                                                    for r in plan.runs):
