@@ -153,8 +153,9 @@ def drive_queue(ctx: SweepContext) -> None:
     if lay.is_root and not quiet():
         from tqdm import tqdm
 
-        n_done, n_all = queue.counts()
-        bar = tqdm(total=n_all, initial=n_done, desc="sweep", unit="round", dynamic_ncols=True)
+        # every planned run-round (debug.stop_after_round caps the queue, not the sweep)
+        bar = tqdm(total=sum(plan.n_rounds(r) + 1 for r in plan.runs), initial=queue.counts()[0], desc="sweep",
+                   unit="round", dynamic_ncols=True)
     n_rounds, n_items, wait = 0, 0, POLL_S[0]
     while True:
         if lay.group.bcast(savepoint.requested() if lay.is_group_leader else None):
