@@ -140,10 +140,15 @@ class WorkQueue:
             claims[item.name] = group
             return item
 
-    def finish(self, item: Item) -> None:
+    def finish(self, item: Item, also: list[Item] | tuple = ()) -> None:
+        """`item` is done, with `also` (items its group finished on the way: a transfer column, a matrix)."""
         with self._locked() as state:
             state["claims"].pop(item.name, None)
-            state["done"] = sorted(set(state["done"]) | {item.name})
+            state["done"] = sorted(set(state["done"]) | {item.name} | {i.name for i in also})
+
+    def done_names(self) -> set[str]:
+        with self._locked() as state:
+            return set(state.get("done", []))
 
     def counts(self) -> tuple[int, int]:
         """(round items done, round items in all), for a progress bar."""

@@ -7,47 +7,34 @@ runnable yet: it then sleeps and asks again. Only the end of the sweep is a barr
 where world rank 0 commits the attempt's provenance.
 
 What each item computes is what the round-by-round driver (sweep/driver.py) computes for it: a run's round
-(sweep/round.py), one run's column of a transfer matrix, from its round's checkpoint and the other runs'
-committed strings, or a round's transfer matrix from its columns. So the stored values are the same, whichever
-group took which item and in whatever order.
+(sweep/round.py), and the cross-run items of sweep/queue_items.py (a transfer column, from the run's model and
+the other runs' committed strings; a round's transfer matrix; a seed's ensemble). So the stored values are the
+same, whichever group took which item and in whatever order.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-
-import numpy as np
 
 from hpcrobust import savepoint
-from hpcrobust.attacks.transfer import Source, Target, transfer_counts
 from hpcrobust.log import log, quiet
 from hpcrobust.models.loading import count_parameters
 from hpcrobust.parallel.collectives import broadcast_from_root
 from hpcrobust.store import schema as S
 from hpcrobust.store.results import TRANSFER_KEY
-from hpcrobust.store.schema import Record
-from hpcrobust.store.writer import fsync_path
-from hpcrobust.sweep import checkpoint
-from hpcrobust.sweep.context import RoundState, SweepContext
+from hpcrobust.sweep import queue_items
+from hpcrobust.sweep.context import SweepContext
 from hpcrobust.sweep.plan import RunSpec
 from hpcrobust.sweep.provenance import Attempt
 from hpcrobust.sweep.queue import ENSEMBLE, MATRIX, ROUND, TRANSFER, Item, QueuePlan, WorkQueue
-from hpcrobust.sweep.round import clean_accuracy, record, run_round
-from hpcrobust.sweep.shared import (
-    ensemble_phase,
-    random_token_tables,
-    release_models,
-    transfer_record,
-    transfer_spans,
-)
+from hpcrobust.sweep.queue_items import Outcome
+from hpcrobust.sweep.round import record, run_round
+from hpcrobust.sweep.shared import random_token_tables, release_models, transfer_spans
 
-POLL_S = (0.05, 2.0)  # first and longest wait between two looks at the queue
+POLL_S = (0.05, 0.5)  # first and longest wait between two looks at the queue (a flock and a small JSON file)
 
 
 def queue_plan(ctx: SweepContext) -> QueuePlan:
@@ -110,13 +97,9 @@ def done_items(ctx: SweepContext, committed: dict[str, set[int]], qp: QueuePlan)
                 done.add(Item(ENSEMBLE, rnd, min(g)))
     for rnd, spans in qp.transfer.items():
         for i in set().union(*spans):
-            if column_file(ctx, rnd, ctx.plan.runs[i].key).is_file() or Item(MATRIX, rnd) in done:
+            if queue_items.column_file(ctx, rnd, ctx.plan.runs[i].key).is_file() or Item(MATRIX, rnd) in done:
                 done.add(Item(TRANSFER, rnd, i))
     return done
-
-
-def column_file(ctx: SweepContext, rnd: int, run_key: str) -> Path:
-    return ctx.results.checkpoint_root / "transfer" / S.round_name(rnd) / f"{run_key}.json"
 
 
 @contextmanager
@@ -169,21 +152,23 @@ def drive_queue(ctx: SweepContext) -> None:
             wait = min(2 * wait, POLL_S[1])
             continue
         wait = POLL_S[0]
-        mine = do_item(ctx, item)
+        out = do_item(ctx, queue, item)
         if item.kind == ROUND:
             ctx.hooks.fire("runs_done", ctx, item.rnd)
         with commit_lock(ctx):
-            ctx.results.commit(lay.group, header, mine,
+            ctx.results.commit(lay.group, header, out.records,
                                on_step=lambda step, r=item.rnd: ctx.hooks.fire("commit_step", ctx, r, step))
+        if out.column is not None:  # after the commit: a column is never kept for a round that is not in the file
+            queue_items.keep_column(ctx, *out.column)
         if lay.is_group_leader:
-            queue.finish(item)
+            queue.finish(item, out.done)
         n_items += 1
         ctx.hooks.fire("queue_committed", ctx)
         if item.kind == ROUND:
             n_rounds += 1
             log(f"{plan.runs[item.run].key} round {item.rnd}: committed to {ctx.results.path}",
                 all_ranks=lay.is_group_leader)
-        elif item.kind == MATRIX:
+        if item.kind == MATRIX or Item(MATRIX, item.rnd) in out.done:
             log(f"round {item.rnd}: transfer matrix committed", all_ranks=lay.is_group_leader)
         elif item.kind == ENSEMBLE:
             log(f"{plan.runs[item.run].key} round {item.rnd}: ensemble attacks of seed {plan.runs[item.run].seed}"
@@ -214,89 +199,22 @@ def stop_taking_work(ctx: SweepContext) -> None:
         time.sleep(1.0)  # the requeue ends the job; signal handlers run between the sleeps
 
 
-def do_item(ctx: SweepContext, item: Item) -> list[Record]:
-    """Compute one item on this group; the records its leader brings to the commit."""
-    lead = ctx.layout.is_group_leader
+def do_item(ctx: SweepContext, queue: WorkQueue, item: Item) -> Outcome:
+    """Compute one item on this group: what its leader commits and what else it finished."""
+    lay = ctx.layout
     if item.kind == ROUND:
         run = ctx.plan.runs[item.run]
         ctx.hooks.fire("round_started", ctx, item.rnd)
         st = run_round(ctx, run, item.rnd, random_token_tables(ctx, item.rnd, [run.seed]))
+        done = lay.group.bcast(queue.done_names() if lay.is_group_leader and item.rnd in queue.plan.transfer
+                               else set())
+        out = queue_items.column_in_place(ctx, queue.plan, done, item, st)
         release_models([st])
-        return [record(ctx, st, item.rnd)] if lead else []
+        out.records[:0] = [record(ctx, st, item.rnd)] if lay.is_group_leader else []
+        return out
     if item.kind == TRANSFER:
-        transfer_column(ctx, item)
-        return []
+        return queue_items.reloaded_column(ctx, item)
     if item.kind == ENSEMBLE:
-        return ensemble_item(ctx, item)
-    counts = {}
-    spans = transfer_spans(ctx, item.rnd)
-    if lead:
-        for _, runs in spans:
-            for r in runs:
-                for k, v in json.loads(column_file(ctx, item.rnd, r.key).read_text()).items():
-                    name, s = k.split("\t")
-                    counts[(name, s, r.key)] = tuple(v)
-    rec = transfer_record(item.rnd, spans, counts) if lead else None
-    return [rec] if rec is not None else []
-
-
-def _sources(ctx: SweepContext, rnd: int, attack: str, keys: list[str]) -> list[Source]:
-    """The runs' committed final strings of `attack` in round `rnd` (what the round-by-round driver gathers)."""
-    out = []
-    with ctx.results.open() as f:
-        for key in keys:
-            g = f[S.round_path(key, rnd)]
-            toks = g[S.attack_path(attack, S.ATTACK_TOKENS)][()]
-            out.append(Source(key, [row[row >= 0] for row in toks],
-                              g[S.attack_path(attack, S.CORRECT_BEFORE)][()].astype(bool)))
-    return out
-
-
-def transfer_column(ctx: SweepContext, item: Item) -> None:
-    """Score every source's strings on this run's round-`rnd` model (from its checkpoint); keep the counts."""
-    lay, run = ctx.layout, ctx.plan.runs[item.run]
-    clf = checkpoint.load_model(ctx, run, item.rnd, trained=True)
-    clf.backoff = ctx.backoff(run)
-    pred, _ = clean_accuracy(ctx, clf)
-    correct = pred == np.array([e.label for e in ctx.task.val])
-    counts = {}
-    for a, runs in transfer_spans(ctx, item.rnd):
-        if run not in runs:
-            continue
-        sources = lay.group.bcast(_sources(ctx, item.rnd, a.name, [r.key for r in runs])
-                                  if lay.is_group_leader else None)
-        targets = [Target(run.index, run.key, clf, correct)] if (lay.is_group_leader or lay.shard) else []
-        for (s, _), v in transfer_counts(a, sources, targets, ctx.eval_set).items():
-            counts[f"{a.name}\t{s}"] = list(v)
-    del clf
-    release_models([])
-    if lay.is_group_leader:
-        path = column_file(ctx, item.rnd, run.key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(counts, sort_keys=True))
-        fsync_path(tmp)
-        os.replace(tmp, path)
-        fsync_path(path.parent)
-    lay.group.barrier()
-
-
-def ensemble_item(ctx: SweepContext, item: Item) -> list[Record]:
-    """Every ensemble attack of one seed's sizes in round `rnd`, on this group, from the sizes' round-`rnd`
-    checkpoints (its leader holds every size, as world rank 0's group does in the round-by-round driver); the
-    results are added to the members' committed rounds."""
-    lay = ctx.layout
-    runs = next(rs for rs in ensemble_members(ctx, item.rnd).values() if rs[0].index == item.run)
-    labels = np.array([e.label for e in ctx.task.val])
-    held = {}
-    for run in runs:
-        clf = checkpoint.load_model(ctx, run, item.rnd, trained=True)
-        clf.backoff = ctx.backoff(run)
-        pred, _ = clean_accuracy(ctx, clf)
-        held[run.index] = RoundState(run, clf if lay.is_group_leader else None, pred == labels, {})
-        del clf
-    ensemble_phase(ctx, item.rnd, runs, held, lay.group)
-    release_models(held.values())
-    if not lay.is_group_leader:
-        return []
-    return [Record(path=S.round_path(st.run.key, item.rnd), arrays=st.arrays, amend=True) for st in held.values()]
+        runs = next(rs for rs in ensemble_members(ctx, item.rnd).values() if rs[0].index == item.run)
+        return queue_items.ensemble(ctx, runs, item.rnd)
+    return Outcome(queue_items.matrix(ctx, item.rnd))
