@@ -63,6 +63,8 @@ def keep_column(ctx: SweepContext, rnd: int, run_key: str, counts: dict) -> None
 def _sources(ctx: SweepContext, rnd: int, attack: str, keys: list[str]) -> dict[str, Source]:
     """The runs' committed final strings of `attack` in round `rnd` (what the round-by-round driver gathers)."""
     out = {}
+    if not keys:  # a column of the run's own strings only: the file may not exist yet
+        return out
     with ctx.results.open() as f:
         for key in keys:
             g = f[S.round_path(key, rnd)]
