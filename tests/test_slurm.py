@@ -174,14 +174,17 @@ def test_usr2_inside_training_saves_every_group_requeues_and_resumes_at_the_save
     first0, _, _ = _log(work, job, 0).partition("hpcrobust job: attempt 1")
     assert "saved the work in progress of 2 group(s) after SIGUSR2: requeueing" in first0, first0[-3000:]
     assert "no round committed" not in first0 and "clean accuracy" not in first0  # requeued inside training
-    for task, size in ((0, "xs"), (1, "s")):
-        first, _, second = _log(work, job, task).partition("hpcrobust job: attempt 1")
-        kept = re.findall(rf"{size}__seed0 finetune: kept step (\d+) of 256 \(a save was requested\)", first)
-        assert len(kept) == 1, first[-3000:]  # one save for the request
-        resumed = re.findall(rf"{size}__seed0 finetune: training resumed at step (\d+) of 256", second)
+    logs = [_log(work, job, task).partition("hpcrobust job: attempt 1") for task in (0, 1)]
+    for size in ("xs", "s"):
+        # under the queue a run may go on in either group after the requeue, so both tasks' logs are read
+        said = rf"(?<!\w){size}__seed0 finetune: kept step (\d+) of 256 \(a save was requested\)"
+        kept = [k for first, _, _ in logs for k in re.findall(said, first)]
+        assert len(kept) == 1, [first[-3000:] for first, _, _ in logs]  # one save for the request
+        went_on = rf"(?<!\w){size}__seed0 finetune: training resumed at step (\d+) of 256"
+        resumed = [k for _, _, second in logs for k in re.findall(went_on, second)]
         # the requeued job goes on from the step saved for USR2, or a later one the group kept on its schedule before
         # the other group had saved: never an older one, so no step before the signal is computed twice
-        assert len(resumed) == 1 and 1 < int(kept[0]) <= int(resumed[0]) < 256, (kept, resumed)
+        assert len(resumed) == 1 and 1 < int(kept[0]) <= int(resumed[0]) < 256, (size, kept, resumed)
     print(f"\nUSR2 inside training -> requeued (PENDING) {seen.get('PENDING', -1):.1f} s, RUNNING again"
           f" {seen.get('RUNNING', -1):.1f} s, COMPLETED {seen.get('COMPLETED', -1):.1f} s after the signal")
 
