@@ -13,12 +13,22 @@ from hpcrobust.config import config_from_dict
 from hpcrobust.store.reader import committed_rounds, load
 from hpcrobust.training.adversarial import equal_compute_rounds
 from hpcrobust.training.pool import Pool, sampling_weights, true_ranks
-from tests.conftest import hpcrobust_cmd, run_cli
+from tests.conftest import TINY, hpcrobust_cmd, run_cli
 from tests.h5compare import assert_same
 
 ADV = ["seeds=[0]", "train_attacks=[{name: rt_train, type: random_token, n_attack_tokens: 5}]",
        "advtrain.rounds=3", "advtrain.attack=rt_train", "advtrain.n_new_examples=12", "advtrain.max_examples=48",
        "advtrain.iterations_start=4", "advtrain.iterations_end=12", "advtrain.lr=1e-3"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, family_cache):
+    """The uninterrupted ADV sweep, run once for this module: the tests below check it and resume against it."""
+    cwd = tmp_path_factory.mktemp("advtrain")
+    (cwd / "tiny.yaml").write_text(TINY.read_text())
+    proc = run_cli(["run", "tiny.yaml", *ADV, "output=ref.h5"], cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return cwd / "ref.h5"
 
 
 def test_true_ranks_by_hand():
@@ -80,10 +90,8 @@ def test_a_run_with_fewer_rounds_ends_its_ramp_at_iterations_end(tiny):
     g = load(tiny.parent / "out.h5").sort_values("round")
     assert list(g["round"]) == [0, 1, 2] and list(g.train_attack_iterations) == [0, 4, 12]
 
-def test_rounds_metrics_and_cumulative_defense_flops(tiny):
-    proc = run_cli(["run", str(tiny), *ADV], cwd=tiny.parent)
-    assert proc.returncode == 0, proc.stderr
-    df = load(tiny.parent / "out.h5")
+def test_rounds_metrics_and_cumulative_defense_flops(reference):
+    df = load(reference)
     for _run, g in df.groupby("run"):
         g = g.sort_values("round")
         assert list(g["round"]) == [0, 1, 2, 3]
@@ -92,23 +100,22 @@ def test_rounds_metrics_and_cumulative_defense_flops(tiny):
         np.testing.assert_array_equal(g.defense_flops_cum, np.cumsum(g.defense_flops))
         assert g.finetune_flops.iloc[0] > 0 and (g.finetune_flops.iloc[1:] == 0).all()
         assert list(g.n_adversarial) == [0, 12, 24, 36]  # the pool grows by 12 a round
-    ckpt = tiny.parent / "out.h5.ckpt" / "s__seed0" / "round_0003"
+    ckpt = reference.parent / "ref.h5.ckpt" / "s__seed0" / "round_0003"
     assert (ckpt / "model.safetensors").is_file() and (ckpt / "adversarial_pool.npz").is_file()
     # a saved round can be evaluated again by pointing a config at it
-    again = run_cli(["run", str(tiny), f"models=[{ckpt}]", "seeds=[0]", "output=re.h5", "--quiet"], cwd=tiny.parent)
+    again = run_cli(["run", "tiny.yaml", f"models=[{ckpt}]", "seeds=[0]", "output=re.h5", "--quiet"],
+                    cwd=reference.parent)
     assert again.returncode == 0, again.stderr
 
 
-def test_resume_after_stop_between_rounds(tiny):
-    ref = run_cli(["run", str(tiny), *ADV, "output=ref.h5", "--quiet"], cwd=tiny.parent)
-    assert ref.returncode == 0, ref.stderr
+def test_resume_after_stop_between_rounds(tiny, reference):
     stopped = run_cli(["run", str(tiny), *ADV, "output=res.h5", "debug.stop_after_round=1", "--quiet"],
                       cwd=tiny.parent)
     assert stopped.returncode == 3, stopped.stderr
     assert committed_rounds(tiny.parent / "res.h5")["s__seed0"] == {0, 1}
     rest = run_cli(["run", str(tiny), *ADV, "output=res.h5", "--quiet"], cwd=tiny.parent)
     assert rest.returncode == 0, rest.stderr
-    assert_same(tiny.parent / "ref.h5", tiny.parent / "res.h5")
+    assert_same(reference, tiny.parent / "res.h5")
 
 
 def _kill_during(cmd, cwd, out, after_commit_of: int, extra_delay: float) -> None:
@@ -129,15 +136,13 @@ def _kill_during(cmd, cwd, out, after_commit_of: int, extra_delay: float) -> Non
 
 
 @pytest.mark.parametrize("delay", [0.3, 1.5])
-def test_resume_after_kill_during_a_round(tiny, delay):
-    ref = run_cli(["run", str(tiny), *ADV, "output=ref.h5", "--quiet"], cwd=tiny.parent)
-    assert ref.returncode == 0, ref.stderr
+def test_resume_after_kill_during_a_round(tiny, reference, delay):
     out = tiny.parent / "killed.h5"
     cmd = hpcrobust_cmd() + ["run", str(tiny), *ADV, "output=killed.h5", "--quiet"]
     _kill_during(cmd, tiny.parent, out, after_commit_of=0, extra_delay=delay)
     rest = run_cli(["run", str(tiny), *ADV, "output=killed.h5", "--quiet"], cwd=tiny.parent)
     assert rest.returncode == 0, rest.stderr
-    assert_same(tiny.parent / "ref.h5", out)
+    assert_same(reference, out)
 
 
 @pytest.mark.parametrize("override,needle", [

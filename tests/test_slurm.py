@@ -191,7 +191,7 @@ def test_usr2_inside_training_saves_every_group_requeues_and_resumes_at_the_save
 
 # Two groups under the queue schedule, each in a long RandomToken attack (xs and s) that keeps its state every 1.2 s.
 LONG_ATTACK = ["seeds=[0]", "parallel.schedule=queue", "launch.save_every_min=0.02", "parallel.threads_per_rank=1",
-               "attacks=[{name: rt, type: random_token, n_examples: 16, n_iterations: 12000, n_attack_tokens: 5}]"]
+               "attacks=[{name: rt, type: random_token, n_examples: 16, n_iterations: 4000, n_attack_tokens: 5}]"]
 
 
 def test_usr2_inside_an_attack_under_the_queue_saves_requeues_and_resumes(work, partition):
