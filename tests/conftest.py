@@ -61,6 +61,14 @@ def family_cache(tmp_path_factory) -> Path:
     return cache
 
 
+def reference_sweep(folder: Path, args: list[str], output: str = "ref.h5", ranks: int = 0) -> Path:
+    """Run the tiny config with `args` once in `folder` (a module fixture's): the file other tests compare with."""
+    (folder / "tiny.yaml").write_text(TINY.read_text())
+    proc = run_cli(["run", "tiny.yaml", *args, f"output={output}", "--quiet"], ranks=ranks, cwd=folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder / output
+
+
 @pytest.fixture
 def tiny(tmp_path, family_cache) -> Path:
     """A copy of the tiny config in a fresh folder; runs write their results there."""

@@ -13,7 +13,7 @@ from hpcrobust.config import config_from_dict
 from hpcrobust.store.reader import committed_rounds, load
 from hpcrobust.training.adversarial import equal_compute_rounds
 from hpcrobust.training.pool import Pool, sampling_weights, true_ranks
-from tests.conftest import TINY, hpcrobust_cmd, run_cli
+from tests.conftest import hpcrobust_cmd, reference_sweep, run_cli
 from tests.h5compare import assert_same
 
 ADV = ["seeds=[0]", "train_attacks=[{name: rt_train, type: random_token, n_attack_tokens: 5}]",
@@ -24,11 +24,7 @@ ADV = ["seeds=[0]", "train_attacks=[{name: rt_train, type: random_token, n_attac
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, family_cache):
     """The uninterrupted ADV sweep, run once for this module: the tests below check it and resume against it."""
-    cwd = tmp_path_factory.mktemp("advtrain")
-    (cwd / "tiny.yaml").write_text(TINY.read_text())
-    proc = run_cli(["run", "tiny.yaml", *ADV, "output=ref.h5"], cwd=cwd)
-    assert proc.returncode == 0, proc.stderr
-    return cwd / "ref.h5"
+    return reference_sweep(tmp_path_factory.mktemp("advtrain"), ADV)
 
 
 def test_true_ranks_by_hand():

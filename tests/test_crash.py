@@ -16,7 +16,7 @@ import pytest
 from hpcrobust.store.reader import committed_rounds, open_results
 from hpcrobust.store.schema import RUNS
 from hpcrobust.store.writer import STEPS
-from tests.conftest import ROOT, hpcrobust_cmd, run_cli
+from tests.conftest import ROOT, hpcrobust_cmd, reference_sweep, run_cli
 from tests.h5compare import assert_same
 
 SEED = 20240611  # fixes the kill moments
@@ -200,11 +200,7 @@ NO_LOCKING = {"HDF5_USE_FILE_LOCKING": "FALSE"}  # read a file while a paused wr
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, family_cache):
-    cwd = tmp_path_factory.mktemp("crash-ref")
-    (cwd / "tiny.yaml").write_text((ROOT / "tests" / "data" / "tiny.yaml").read_text())
-    proc = run_cli(["run", "tiny.yaml", *STEP_ROUNDS, "output=ref.h5", "--quiet"], cwd=cwd)
-    assert proc.returncode == 0, proc.stderr
-    return cwd / "ref.h5"
+    return reference_sweep(tmp_path_factory.mktemp("crash-ref"), STEP_ROUNDS)
 
 
 def _kill_inside_commit(cwd: Path, step: str, in_place: bool = False) -> None:

@@ -18,7 +18,7 @@ from hpcrobust.errors import UserError
 from hpcrobust.models.config import ModelConfig
 from hpcrobust.parallel.sizes import describe, group_ranks, groups_of_runs, job_nodes, needed_ranks, size_groups
 from hpcrobust.store import schema as S
-from tests.conftest import TINY, run_cli
+from tests.conftest import reference_sweep, run_cli
 from tests.h5compare import assert_same, datasets
 
 # xs: one group of 1 rank (both seeds in turn), s: one group of 2 ranks: 3 ranks in all
@@ -81,11 +81,7 @@ def test_bad_per_size_values_are_refused(args, needle):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, family_cache) -> Path:
     """One plain rank: the numbers every layout must store."""
-    d = tmp_path_factory.mktemp("per-size")
-    (d / "tiny.yaml").write_text(TINY.read_text())
-    proc = run_cli(["run", "tiny.yaml", "output=one.h5", "--quiet"], cwd=d)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return d / "one.h5"
+    return reference_sweep(tmp_path_factory.mktemp("per-size"), [], output="one.h5")
 
 
 def test_three_ranks_per_size_store_the_values_of_one_rank(reference):

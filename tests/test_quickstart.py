@@ -88,9 +88,8 @@ def test_quickstart_under_mpiexec_and_on_slurm_store_the_same_values(quickstart_
     if _slurm_partition() is None:
         pytest.skip("no SLURM cluster is up (bash tests/cluster/slurm_cluster.sh start)")
     sub = run_cli(["submit", "quickstart.yaml", "output=slurm.h5", "advtrain.rounds=0", "parallel.threads_per_rank=1",
-                   "launch.slurm_partition=debug",
-                   "launch.tasks_per_node=2", "launch.timeout_min=30", f"launch.folder={quickstart_dir}/logs/%j",
-                   "--wait"], cwd=quickstart_dir, env=_env(), timeout=1800)
+                   "launch.slurm_partition=debug", "launch.tasks_per_node=2", "launch.timeout_min=30",
+                   f"launch.folder={quickstart_dir}/logs/%j", "--wait"], cwd=quickstart_dir, env=_env(), timeout=1800)
     assert sub.returncode == 0, sub.stdout[-2000:] + sub.stderr[-3000:]
     assert "--mpi=pmi2" in next((quickstart_dir / "logs").rglob("*_submission.sh")).read_text()
     assert sorted(load(quickstart_dir / "slurm.h5")["round"].unique()) == [0]

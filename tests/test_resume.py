@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, mpiexec, run_cli
+from tests.conftest import ROOT, mpiexec, reference_sweep, run_cli
 from tests.h5compare import assert_same
 
 DRIVER = ROOT / "tests" / "resume_driver.py"
@@ -30,11 +30,7 @@ COMMON = ["seeds=[0]", "models=[builtin:xs]", "launch.save_every_min=0",
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, family_cache) -> Path:
-    cwd = tmp_path_factory.mktemp("resume-ref")
-    (cwd / "tiny.yaml").write_text((ROOT / "tests" / "data" / "tiny.yaml").read_text())
-    proc = run_cli(["run", "tiny.yaml", *COMMON, "output=ref.h5", "--quiet"], cwd=cwd)
-    assert proc.returncode == 0, proc.stderr
-    return cwd / "ref.h5"
+    return reference_sweep(tmp_path_factory.mktemp("resume-ref"), COMMON)
 
 
 def _kill_when_paused(cwd: Path, what: str, k: int, ranks: int = 0, extra: tuple[str, ...] = ()) -> None:
@@ -124,10 +120,7 @@ SHARDED_KILLS = [PICK.randint(1, 7), PICK.randint(8, 10)]
 
 @pytest.fixture(scope="module")
 def sharded_reference(tmp_path_factory, family_cache) -> Path:
-    cwd = _copy_config(tmp_path_factory.mktemp("resume-shard-ref"))
-    proc = run_cli(["run", "tiny.yaml", *COMMON, *SHARD, "output=ref.h5", "--quiet"], cwd=cwd, ranks=2)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return cwd / "ref.h5"
+    return reference_sweep(tmp_path_factory.mktemp("resume-shard-ref"), [*COMMON, *SHARD], ranks=2)
 
 
 @pytest.mark.parametrize("k", SHARDED_KILLS, ids=["finetune", "advtrain"])

@@ -15,7 +15,7 @@ import pytest
 
 from hpcrobust.launch.queue import JobInfo, job_info, wait_until_ended
 from hpcrobust.store.reader import committed_rounds
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, reference_sweep, run_cli
 from tests.h5compare import assert_same, datasets
 
 pytestmark = pytest.mark.slurm
@@ -55,11 +55,7 @@ def work(tmp_path, family_cache, partition) -> Path:
 @pytest.fixture(scope="module")
 def mpiexec_reference(tmp_path_factory, family_cache) -> Path:
     """The tiny sweep under `mpiexec -n 2`, the file a 2-task SLURM job must reproduce."""
-    d = tmp_path_factory.mktemp("mpiexec")
-    (d / "tiny.yaml").write_text(TINY.read_text())
-    proc = run_cli(["run", "tiny.yaml", "output=mpi.h5", "--quiet"], ranks=2, cwd=d)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return d / "mpi.h5"
+    return reference_sweep(tmp_path_factory.mktemp("mpiexec"), [], output="mpi.h5", ranks=2)
 
 
 def _submit(work: Path, partition: str, *overrides: str) -> list[str]:
